@@ -1,1 +1,213 @@
-//! uring-echo
+//! uring-echo: a TCP echo server on io_uring (tokio-uring), with an epoll (tokio) backend in the
+//! same binary so the two engines can be compared on identical echo logic.
+//!
+//! The binary only parses flags and calls [`run`]; everything else lives here so tests and other
+//! programs can run the server in-process and stop it with a [`Shutdown`] instead of a signal.
+//!
+//! Module map:
+//! - [`config`]: clap [`Cli`](config::Cli) (raw flags) -> validated [`Config`];
+//! - [`listener`]: listening sockets built with socket2 (backlog, dual-stack, SO_REUSEPORT);
+//! - [`shutdown`]: SIGINT/SIGTERM -> stop (drain) and force (close now) tokens;
+//! - [`stats`]: per-worker counters and the `summary:`/`stats:` lines;
+//! - `conn`: the echo loop, limits and error accounting, written once for both engines;
+//! - `backend`: worker threads and the shared accept loop; `backend::uring` and
+//!   `backend::epoll` supply the runtime, accept and owned-buffer read/write.
+//!
+//! Threading: `--threads N` workers, each an OS thread with its own current-thread runtime and
+//! its own listening socket (SO_REUSEPORT when N > 1); nothing is shared between workers on the
+//! per-operation path except their own stats block.
+
+#![warn(missing_docs)]
+
+mod backend;
+pub mod config;
+mod conn;
+pub mod listener;
+pub mod shutdown;
+pub mod stats;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Context};
+
+pub use config::Config;
+pub use shutdown::Shutdown;
+pub use stats::Summary;
+
+use backend::{Ready, Shared, Worker};
+use listener::ListenOpts;
+
+/// A started server: every worker is accepting on [`Server::local_addr`].
+pub struct Server {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    /// Disconnects once every worker thread has exited.
+    done: mpsc::Receiver<()>,
+}
+
+/// Binds the listeners, starts the workers and returns once all of them accept.
+///
+/// Setup errors (address in use, io_uring refused, locked-memory limit) are returned after the
+/// workers that did start have been stopped again.
+pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
+    backend::uring::check_memlock(&config)?;
+    warn_about_cpus(&config);
+    let opts = ListenOpts {
+        backlog: config.backlog,
+        ipv6_only: config.ipv6_only,
+        reuse_port: config.threads > 1,
+    };
+    let listeners = listener::bind_all(config.listen, config.threads, &opts)?;
+    let local_addr = listeners[0]
+        .local_addr()
+        .with_context(|| format!("cannot read the address bound for {}", config.listen))?;
+
+    let shared = Arc::new(Shared {
+        stats: Arc::new(stats::Stats::new(config.threads)),
+        config,
+        shutdown,
+        active: Arc::new(AtomicUsize::new(0)),
+    });
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done) = mpsc::channel::<()>();
+    let mut threads = Vec::new();
+    let mut spawn_error = None;
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let worker = Worker {
+            index,
+            listener,
+            shared: Arc::clone(&shared),
+            ready: Ready::new(ready_tx.clone()),
+        };
+        let done_tx = done_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("uring-echo-{index}"))
+            .spawn(move || {
+                backend::run_worker(worker);
+                drop(done_tx);
+            });
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(err) => {
+                spawn_error = Some(anyhow::Error::new(err).context("cannot start a worker thread"));
+                break;
+            }
+        }
+    }
+    drop((ready_tx, done_tx));
+
+    let mut first_error = spawn_error;
+    for _ in 0..threads.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                first_error.get_or_insert(err);
+            }
+            Err(_) => {
+                first_error.get_or_insert(anyhow!("a worker thread exited during startup"));
+                break;
+            }
+        }
+    }
+    let server = Server {
+        local_addr,
+        shared,
+        threads,
+        done,
+    };
+    match first_error {
+        None => Ok(server),
+        Some(err) => {
+            server.shared.shutdown.force();
+            // Any error joining is secondary to the setup error being reported.
+            let _ = server.wait();
+            Err(err)
+        }
+    }
+}
+
+impl Server {
+    /// The address every worker listens on (with the real port when port 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters right now.
+    pub fn snapshot(&self) -> Summary {
+        self.shared.stats.snapshot()
+    }
+
+    /// Waits until shutdown was requested and every worker has drained, printing a `stats:`
+    /// line to stderr every `--stats-interval`. Returns the final counters.
+    pub fn wait(self) -> anyhow::Result<Summary> {
+        let interval = self.shared.config.stats_interval;
+        loop {
+            let received = match interval {
+                Some(period) => self.done.recv_timeout(period),
+                None => self
+                    .done
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    eprintln!("stats: {}", self.shared.stats.snapshot());
+                }
+                // Nothing is ever sent: the channel disconnects when the last worker exits.
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for (index, thread) in self.threads.into_iter().enumerate() {
+            thread
+                .join()
+                .map_err(|_| anyhow!("worker thread {index} panicked"))?;
+        }
+        Ok(self.shared.stats.snapshot())
+    }
+}
+
+/// Runs the server until `shutdown` stops it: prints `listening on <addr>` to stdout once every
+/// worker accepts, `stats:` lines while running (if asked) and the `summary:` line to stderr at
+/// the end.
+pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<Summary> {
+    let server = start(config, shutdown)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {}", server.local_addr())
+        .and_then(|()| stdout.flush())
+        .context("cannot write the ready line to stdout")?;
+    drop(stdout);
+    let summary = server.wait()?;
+    eprintln!("summary: {summary}");
+    Ok(summary)
+}
+
+/// Warnings for CPU layouts that work but will measure badly.
+fn warn_about_cpus(config: &Config) {
+    let available = config::allowed_cpus().map(|c| c.len()).unwrap_or(0);
+    if config.uring.sqpoll_idle_ms.is_some() && available > 0 && config.threads * 2 > available {
+        tracing::warn!(
+            threads = config.threads,
+            cpus = available,
+            "--sqpoll adds a kernel polling thread per worker: {} busy threads on {available} CPUs will compete",
+            config.threads * 2
+        );
+    }
+    let distinct = {
+        let mut c = config.cpus.clone();
+        c.sort_unstable();
+        c.dedup();
+        c.len()
+    };
+    if !config.cpus.is_empty() && config.threads > distinct {
+        tracing::warn!(
+            threads = config.threads,
+            cpus = distinct,
+            "more worker threads than pinned CPUs: some threads share a CPU"
+        );
+    }
+}

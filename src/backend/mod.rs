@@ -1,0 +1,284 @@
+//! Worker threads and the accept loop, shared by both I/O engines.
+//!
+//! A worker is one OS thread with one current-thread runtime (tokio-uring's, or tokio's with a
+//! `LocalSet`) and one listening socket. The engines ([`uring`], [`epoll`]) only build their
+//! runtime, wrap the listener and provide accept and the [`EchoStream`]; everything else—limits,
+//! backoff, draining, counting—is [`serve`], written once so that an A/B comparison differs only
+//! in the I/O engine.
+//!
+//! Worker lifecycle:
+//! 1. pin to its CPU (if asked), build the runtime, register the listener (and fixed buffers);
+//! 2. report ready (the ready line waits for every worker) or the setup error;
+//! 3. accept until the stop token fires; each connection becomes a task tracked by a
+//!    `TaskTracker`;
+//! 4. stop: interrupt the pending accept with `shutdown(SHUT_RD)` on the listener (a submitted
+//!    io_uring accept cannot be dropped safely), close the listener, wait for connections up to
+//!    the drain timeout, then shut the rest down and wait briefly for them to finish.
+
+pub(crate) mod epoll;
+pub(crate) mod uring;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::{Config, RuntimeKind};
+use crate::conn::{self, ActiveSlot, ConnCtx, EchoStream, Registry};
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+
+/// First and largest pause after a failed accept.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+/// At most one accept-error log line per this period.
+const ACCEPT_LOG_PERIOD: Duration = Duration::from_secs(1);
+/// After forcing connections closed, how long to wait for their tasks.
+const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A listening socket wrapped for one engine.
+pub(crate) trait Listener: AsRawFd {
+    /// The accepted connection type.
+    type Stream: EchoStream + 'static;
+
+    /// Accepts one connection.
+    async fn accept(&self) -> io::Result<Self::Stream>;
+
+    /// A buffer for a new connection.
+    fn buffer(&self) -> <Self::Stream as EchoStream>::Buf;
+}
+
+/// State shared by every worker of one server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) shutdown: Shutdown,
+    /// Open connections over all workers, for `--max-connections`.
+    pub(crate) active: Arc<AtomicUsize>,
+}
+
+/// What one worker thread starts with.
+pub(crate) struct Worker {
+    pub(crate) index: usize,
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ready: Ready,
+}
+
+/// Reports a worker's setup outcome to the thread that prints the ready line, exactly once.
+pub(crate) struct Ready(mpsc::Sender<anyhow::Result<()>>);
+
+impl Ready {
+    pub(crate) fn new(tx: mpsc::Sender<anyhow::Result<()>>) -> Ready {
+        Ready(tx)
+    }
+
+    /// Setup succeeded: this worker accepts.
+    pub(crate) fn ok(self) {
+        // The receiver only goes away once startup is over; nothing to report to then.
+        let _ = self.0.send(Ok(()));
+    }
+
+    /// Setup failed; the server will stop and exit with this error.
+    pub(crate) fn fail(self, err: anyhow::Error) {
+        let _ = self.0.send(Err(err));
+    }
+}
+
+/// Body of a worker thread: pin, then hand over to the engine.
+pub(crate) fn run_worker(worker: Worker) {
+    if let Some(cpu) = worker.shared.config.cpu_for(worker.index) {
+        if let Err(err) = pin_current_thread(cpu) {
+            let index = worker.index;
+            worker.ready.fail(
+                anyhow::Error::new(err).context(format!("cannot pin worker {index} to CPU {cpu}")),
+            );
+            return;
+        }
+    }
+    match worker.shared.config.runtime {
+        RuntimeKind::Uring => uring::run_worker(worker),
+        RuntimeKind::Epoll => epoll::run_worker(worker),
+    }
+}
+
+fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: cpu < CPU_SETSIZE (checked by the config parser).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 = this thread; the size matches the set.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Accepts and serves connections until shutdown, then drains. Runs inside the worker's runtime
+/// (a `LocalSet` context, so connection tasks may be `!Send`).
+pub(crate) async fn serve<L: Listener>(listener: L, index: usize, shared: Arc<Shared>) {
+    let config = &shared.config;
+    let registry = Rc::new(Registry::default());
+    let tracker = TaskTracker::new();
+    let sweeper = config.idle_timeout.map(|idle| {
+        let registry = Rc::clone(&registry);
+        tokio::task::spawn_local(async move { registry.sweep_idle(idle).await })
+    });
+    let ctx = Rc::new(ConnCtx {
+        registry: Rc::clone(&registry),
+        stats: Arc::clone(&shared.stats),
+        worker: index,
+    });
+
+    accept_loop(&listener, &shared, &tracker, &ctx).await;
+    // Closing the listener makes new connection attempts fail fast instead of queueing.
+    drop(listener);
+
+    drain(index, &shared, &tracker, &registry).await;
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
+}
+
+async fn accept_loop<L: Listener>(
+    listener: &L,
+    shared: &Shared,
+    tracker: &TaskTracker,
+    ctx: &Rc<ConnCtx>,
+) {
+    let config = &shared.config;
+    let stats = shared.stats.worker(ctx.worker);
+    let stopped = shared.shutdown.stop_token().cancelled();
+    tokio::pin!(stopped);
+    let mut backoff = ACCEPT_BACKOFF.0;
+    let mut log = RateLimitedLog::default();
+
+    loop {
+        let accept = listener.accept();
+        tokio::pin!(accept);
+        let result = tokio::select! {
+            biased;
+            result = &mut accept => result,
+            _ = &mut stopped => {
+                // A submitted io_uring accept cannot be dropped safely (it would still complete,
+                // with a connection nobody closes). shutdown(SHUT_RD) on a listening socket makes
+                // a pending accept fail with EINVAL on both engines; wait for that.
+                // SAFETY: plain syscall on the listener's open fd.
+                unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+                if let Ok(Ok(_late)) = tokio::time::timeout(Duration::from_secs(1), accept).await {
+                    stats.rejected();
+                }
+                return;
+            }
+        };
+
+        let stream = match result {
+            Ok(stream) => {
+                backoff = ACCEPT_BACKOFF.0;
+                stream
+            }
+            Err(err) => {
+                stats.accept_error();
+                if is_transient_accept_error(&err) {
+                    // The peer gave up before we accepted; nothing wrong on our side.
+                    debug!(error = %err, "accept: connection aborted");
+                    continue;
+                }
+                log.warn(&err);
+                // Out of fds or memory: accepting again at once would spin. Pause, growing
+                // the pause while the condition lasts; closing connections will end it.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stopped => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
+
+        let Some(slot) = ActiveSlot::acquire(&shared.active, config.max_connections) else {
+            stats.rejected();
+            drop(stream);
+            continue;
+        };
+        stats.accepted();
+        if config.nodelay {
+            if let Err(err) = stream.set_nodelay(true) {
+                debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        }
+        let buf = listener.buffer();
+        tracker.spawn_local(conn::serve(stream, buf, slot, Rc::clone(ctx)));
+    }
+}
+
+/// Errors that concern one aborted handshake, not the server.
+fn is_transient_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO | libc::EPERM)
+    )
+}
+
+async fn drain(index: usize, shared: &Shared, tracker: &TaskTracker, registry: &Registry) {
+    tracker.close();
+    let config = &shared.config;
+    let forced = tokio::select! {
+        _ = tracker.wait() => false,
+        _ = tokio::time::sleep(config.drain_timeout) => true,
+        _ = shared.shutdown.force_token().cancelled() => true,
+    };
+    if forced && !tracker.is_empty() {
+        warn!(
+            worker = index,
+            open = registry.len(),
+            "closing connections still open after the drain timeout"
+        );
+        registry.force_all();
+        if tokio::time::timeout(FORCED_CLOSE_WAIT, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                worker = index,
+                open = tracker.len(),
+                "connections did not finish after shutdown(2)"
+            );
+        }
+    }
+}
+
+/// Logs accept errors at most once per [`ACCEPT_LOG_PERIOD`], with the number suppressed.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn warn(&mut self, err: &io::Error) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now - last < ACCEPT_LOG_PERIOD) {
+            self.suppressed += 1;
+            return;
+        }
+        let hint = match err.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => " (raise `ulimit -n` or set --max-connections)",
+            _ => "",
+        };
+        warn!(
+            error = %err,
+            suppressed = self.suppressed,
+            "accept failed; retrying with backoff{hint}"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}

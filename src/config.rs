@@ -1,0 +1,563 @@
+//! Command line: the raw clap [`Cli`] and the validated [`Config`] the server runs with.
+//!
+//! Why two types: clap checks syntax (a number is a number, `16KiB` is a size), while
+//! [`Config::try_from`] checks meaning: flags that only the io_uring backend understands,
+//! combinations the kernel refuses, CPUs that do not exist. Everything after this module can trust
+//! its input, and every refusal is one line that names the flag.
+//!
+//! Value parsers live here too (sizes, CPU lists, durations) so they are unit-tested in one place.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+/// Default listen address: dual-stack, on the port of the classic Python echo tutorial.
+pub const DEFAULT_LISTEN: &str = "[::]:65432";
+/// Default `listen()` backlog.
+pub const DEFAULT_BACKLOG: u32 = 1024;
+/// Default per-connection buffer size in bytes.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+/// Default io_uring submission queue size.
+pub const DEFAULT_RING_ENTRIES: u32 = 256;
+/// Largest submission queue the kernel accepts (`IORING_MAX_ENTRIES`).
+pub const MAX_RING_ENTRIES: u32 = 32_768;
+/// Largest per-connection buffer we accept (the memory bound per connection).
+pub const MAX_BUFFER_SIZE: usize = 64 * 1024 * 1024;
+/// Upper bound for `--threads`, far above any sensible thread-per-core count.
+pub const MAX_THREADS: usize = 1024;
+
+/// Which I/O engine serves the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// io_uring through tokio-uring: reads and writes are submitted to the kernel ring.
+    Uring,
+    /// epoll through tokio: readiness notification, then read(2)/write(2).
+    Epoll,
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Uring => "uring",
+            RuntimeKind::Epoll => "epoll",
+        })
+    }
+}
+
+/// TCP echo server on io_uring (tokio-uring), with an epoll (tokio) backend for comparison.
+///
+/// Prints `listening on <addr>` on stdout once every worker accepts, and a `summary:` line on
+/// stderr when it stops (SIGINT/SIGTERM). Logging goes to stderr and follows RUST_LOG.
+#[derive(Debug, Parser)]
+#[command(name = "uring-echo", version)]
+pub struct Cli {
+    /// I/O engine: io_uring (tokio-uring) or epoll (tokio)
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Uring)]
+    pub runtime: RuntimeKind,
+
+    /// Address to listen on, IP:PORT (port 0 picks a free port)
+    ///
+    /// `[::]:PORT` is dual-stack (IPv4 clients appear as ::ffff:a.b.c.d) unless --ipv6-only.
+    /// An IPv4 address such as 127.0.0.1:PORT listens on IPv4 only.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+
+    /// Worker threads, each with its own runtime and listening socket
+    ///
+    /// With more than one, every worker binds the same port with SO_REUSEPORT and the kernel
+    /// spreads incoming connections across them by a hash of the address/port 4-tuple.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+
+    /// Pin worker threads to CPUs: thread i runs on the i-th listed CPU (implies --pin)
+    ///
+    /// A list such as `0,2-3`. With fewer CPUs than threads, threads wrap around the list.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
+
+    /// Pin worker thread i to the i-th CPU this process may run on (sched_setaffinity)
+    #[arg(long)]
+    pub pin: bool,
+
+    /// Length of the kernel's accept queue passed to listen(2)
+    ///
+    /// Connections that completed the handshake wait here until accepted. The kernel silently
+    /// caps it at net.core.somaxconn; `ss -ltn` shows the value as Send-Q.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
+    pub backlog: u32,
+
+    /// Per-connection buffer, e.g. 4096, 16KiB, 64k (k/M/G are binary: 64k = 65536)
+    ///
+    /// Each connection owns exactly one buffer: the server reads at most this much, writes it
+    /// back completely, and only then reads again. This bounds memory per connection whatever the
+    /// client does.
+    #[arg(long, value_name = "BYTES", default_value = "16KiB", value_parser = parse_size)]
+    pub buffer_size: usize,
+
+    /// With a `[::]` address, accept IPv6 only (IPV6_V6ONLY); IPv4 clients are refused
+    #[arg(long)]
+    pub ipv6_only: bool,
+
+    /// Leave Nagle's algorithm on (by default accepted sockets get TCP_NODELAY)
+    #[arg(long)]
+    pub no_nodelay: bool,
+
+    /// Most connections served at once over all threads; beyond it, accept and close (0 = no limit)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Close a connection after SECS without progress (0 = never); also 500ms, 2m...
+    ///
+    /// The timer restarts with every read or write that completes. The peer sees a FIN.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long open connections may finish before they are closed
+    ///
+    /// Plain numbers are seconds; humantime units work too (500ms, 1m). A second signal closes
+    /// them at once.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_secs)]
+    pub drain_timeout: Duration,
+
+    /// Print a `stats:` line to stderr every SECS (0 = never)
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    pub stats_interval: Duration,
+
+    /// [uring] Submission queue entries per ring (the kernel rounds up to a power of two) [default: 256]
+    ///
+    /// The completion queue gets twice as many. A full submission queue is flushed to the kernel
+    /// early, so this trades memory against submit calls, not correctness.
+    #[arg(long, value_name = "N")]
+    pub ring_entries: Option<u32>,
+
+    /// [uring] IORING_SETUP_SQPOLL: a kernel thread polls the submission queue, idling after IDLE_MS
+    ///
+    /// Saves the io_uring_enter(2) call per batch at the price of a kernel thread per ring that
+    /// spins on a CPU while busy. Root or CAP_SYS_NICE may be needed on older kernels.
+    #[arg(long, value_name = "IDLE_MS")]
+    pub sqpoll: Option<u32>,
+
+    /// [uring] IORING_SETUP_COOP_TASKRUN: no inter-processor interrupt when a completion is ready
+    ///
+    /// Completions are processed when the thread next enters the kernel instead. Cannot be
+    /// combined with --sqpoll (the kernel refuses it).
+    #[arg(long)]
+    pub coop_taskrun: bool,
+
+    /// [uring] Registered buffers (IORING_REGISTER_BUFFERS) with read_fixed/write_fixed
+    ///
+    /// Each worker registers a pool of buffers once; the kernel pins them, so they count against
+    /// RLIMIT_MEMLOCK (`ulimit -l`). Pool size per worker: max-connections / threads if set,
+    /// else 128, at most 1024. When the pool is empty, new connections use ordinary buffers.
+    #[arg(long)]
+    pub fixed_buffers: bool,
+}
+
+/// io_uring setup knobs, only meaningful with [`RuntimeKind::Uring`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UringOpts {
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// `IORING_SETUP_SQPOLL` idle time in milliseconds, if enabled.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// `IORING_SETUP_COOP_TASKRUN`.
+    pub coop_taskrun: bool,
+    /// Use registered buffers (`read_fixed`/`write_fixed`).
+    pub fixed_buffers: bool,
+}
+
+/// Validated server configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// I/O engine.
+    pub runtime: RuntimeKind,
+    /// Address every worker listens on.
+    pub listen: SocketAddr,
+    /// Number of worker threads (>= 1).
+    pub threads: usize,
+    /// CPU for each worker, by index modulo length; empty means no pinning.
+    pub cpus: Vec<usize>,
+    /// `listen()` backlog.
+    pub backlog: u32,
+    /// Per-connection buffer size in bytes (>= 1).
+    pub buffer_size: usize,
+    /// Set IPV6_V6ONLY on an IPv6 listener.
+    pub ipv6_only: bool,
+    /// Set TCP_NODELAY on accepted sockets.
+    pub nodelay: bool,
+    /// Connection limit over all workers, `None` = unlimited.
+    pub max_connections: Option<usize>,
+    /// Idle timeout, `None` = off.
+    pub idle_timeout: Option<Duration>,
+    /// How long a graceful shutdown waits for connections.
+    pub drain_timeout: Duration,
+    /// Period of `stats:` lines, `None` = off.
+    pub stats_interval: Option<Duration>,
+    /// io_uring setup knobs (ignored by the epoll backend, which refuses non-defaults).
+    pub uring: UringOpts,
+}
+
+impl Config {
+    /// CPU the worker `index` is pinned to, if pinning is on.
+    pub fn cpu_for(&self, index: usize) -> Option<usize> {
+        (!self.cpus.is_empty()).then(|| self.cpus[index % self.cpus.len()])
+    }
+
+    /// Registered buffers per worker when `--fixed-buffers` is on.
+    pub fn fixed_buffers_per_thread(&self) -> usize {
+        const DEFAULT: usize = 128;
+        // tokio-uring's pool holds at most UIO_MAXIOV (1024) buffers.
+        const MAX: usize = 1024;
+        match self.max_connections {
+            Some(max) => max.div_ceil(self.threads).clamp(1, MAX),
+            None => DEFAULT,
+        }
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(cli: Cli) -> anyhow::Result<Config> {
+        let listen: SocketAddr = cli.listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid --listen address {:?}: expected IP:PORT such as [::]:65432 or 127.0.0.1:8080",
+                cli.listen
+            )
+        })?;
+        if cli.ipv6_only && listen.is_ipv4() {
+            bail!("--ipv6-only needs an IPv6 --listen address, got {listen}");
+        }
+        if cli.threads == 0 || cli.threads > MAX_THREADS {
+            bail!(
+                "--threads must be between 1 and {MAX_THREADS}, got {}",
+                cli.threads
+            );
+        }
+        if cli.backlog == 0 || cli.backlog > i32::MAX as u32 {
+            bail!(
+                "--backlog must be between 1 and {}, got {}",
+                i32::MAX,
+                cli.backlog
+            );
+        }
+        if cli.buffer_size == 0 || cli.buffer_size > MAX_BUFFER_SIZE {
+            bail!(
+                "--buffer-size must be between 1 byte and {} MiB, got {}",
+                MAX_BUFFER_SIZE >> 20,
+                cli.buffer_size
+            );
+        }
+
+        if cli.runtime == RuntimeKind::Epoll {
+            let uring_only = [
+                (cli.ring_entries.is_some(), "--ring-entries"),
+                (cli.sqpoll.is_some(), "--sqpoll"),
+                (cli.coop_taskrun, "--coop-taskrun"),
+                (cli.fixed_buffers, "--fixed-buffers"),
+            ];
+            if let Some((_, flag)) = uring_only.iter().find(|(given, _)| *given) {
+                bail!("{flag} configures io_uring and has no meaning with --runtime epoll");
+            }
+        }
+        let ring_entries = cli.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
+        if ring_entries == 0 || ring_entries > MAX_RING_ENTRIES {
+            bail!("--ring-entries must be between 1 and {MAX_RING_ENTRIES}, got {ring_entries}");
+        }
+        if cli.sqpoll.is_some() && cli.coop_taskrun {
+            // io_uring_setup(2) returns EINVAL for SQPOLL with COOP_TASKRUN: with SQPOLL no
+            // inter-processor interrupt is involved, so the flag has nothing to cooperate on.
+            bail!("--coop-taskrun cannot be combined with --sqpoll (the kernel rejects the pair)");
+        }
+
+        let cpus = if cli.cpus.is_some() || cli.pin {
+            let allowed = allowed_cpus().context("cannot read this process's CPU affinity")?;
+            let cpus = match cli.cpus {
+                Some(CpuList(list)) => list,
+                None => allowed.clone(),
+            };
+            if let Some(bad) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+                bail!(
+                    "--cpus: CPU {bad} is not available to this process (available: {})",
+                    format_cpu_list(&allowed)
+                );
+            }
+            cpus
+        } else {
+            Vec::new()
+        };
+
+        Ok(Config {
+            runtime: cli.runtime,
+            listen,
+            threads: cli.threads,
+            cpus,
+            backlog: cli.backlog,
+            buffer_size: cli.buffer_size,
+            ipv6_only: cli.ipv6_only,
+            nodelay: !cli.no_nodelay,
+            max_connections: (cli.max_connections > 0).then_some(cli.max_connections),
+            idle_timeout: (!cli.idle_timeout.is_zero()).then_some(cli.idle_timeout),
+            drain_timeout: cli.drain_timeout,
+            stats_interval: (!cli.stats_interval.is_zero()).then_some(cli.stats_interval),
+            uring: UringOpts {
+                ring_entries,
+                sqpoll_idle_ms: cli.sqpoll,
+                coop_taskrun: cli.coop_taskrun,
+                fixed_buffers: cli.fixed_buffers,
+            },
+        })
+    }
+}
+
+/// CPUs this process may run on (its `sched_getaffinity` mask), ascending.
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 = calling thread; the size matches the set we pass.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: cpu < CPU_SETSIZE, within the set.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Parses a byte size: `4096`, `16KiB`, `64k`, `1M`, `1GiB` (all units binary, case-insensitive).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 16KiB, 64k, 1M)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    value
+        .checked_mul(1usize << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A parsed `--cpus` list: ascending, distinct CPU numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// Parses a CPU list such as `0,2-3` into ascending, distinct CPU numbers.
+pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let parse = |n: &str| {
+            n.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?} is not a CPU list (example: 0,2-3)"))
+        };
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (parse(lo)?, parse(hi)?);
+                if lo > hi {
+                    return Err(format!("{s:?}: range {lo}-{hi} is backwards"));
+                }
+                cpus.extend(lo..=hi);
+            }
+            None => cpus.push(parse(part)?),
+        }
+    }
+    if let Some(cpu) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(format!(
+            "{s:?}: CPU {cpu} is beyond the kernel's CPU set size"
+        ));
+    }
+    let len = cpus.len();
+    cpus.sort_unstable();
+    cpus.dedup();
+    if cpus.len() != len {
+        return Err(format!("{s:?}: a CPU is listed twice"));
+    }
+    Ok(CpuList(cpus))
+}
+
+/// Formats CPUs as a compact list (`0-3,6`), the inverse of [`parse_cpu_list`].
+pub fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        out.push(if cpus[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// Parses a duration: a plain number is seconds (`30`, `0.5`), else humantime (`500ms`, `2m`).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a valid number of seconds"));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration (examples: 30, 0.5, 500ms, 2m): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let argv = std::iter::once("uring-echo").chain(args.iter().copied());
+        Config::try_from(Cli::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
+        assert_eq!(parse_size("64k"), Ok(64 * 1024));
+        assert_eq!(parse_size("64 KB"), Ok(64 * 1024));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("7b"), Ok(7));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("12q").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Ok(CpuList(vec![0])));
+        assert_eq!(parse_cpu_list("0,2-3"), Ok(CpuList(vec![0, 2, 3])));
+        assert_eq!(parse_cpu_list("3, 1"), Ok(CpuList(vec![1, 3])));
+        assert!(parse_cpu_list("1,1").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("1-").is_err());
+        assert!(parse_cpu_list("100000").is_err());
+        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(format_cpu_list(&[5]), "5");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_secs("0"), Ok(Duration::ZERO));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.runtime, RuntimeKind::Uring);
+        assert_eq!(c.listen, "[::]:65432".parse().unwrap());
+        assert_eq!(c.threads, 1);
+        assert!(c.cpus.is_empty());
+        assert_eq!(c.backlog, DEFAULT_BACKLOG);
+        assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);
+        assert!(c.nodelay);
+        assert_eq!(c.max_connections, None);
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.stats_interval, None);
+        assert_eq!(c.uring.ring_entries, DEFAULT_RING_ENTRIES);
+        assert_eq!(c.cpu_for(0), None);
+    }
+
+    #[test]
+    fn uring_only_flags_are_refused_with_epoll() {
+        for flags in [
+            &["--ring-entries", "64"][..],
+            &["--sqpoll", "100"],
+            &["--coop-taskrun"],
+            &["--fixed-buffers"],
+        ] {
+            let mut args = vec!["--runtime", "epoll"];
+            args.extend_from_slice(flags);
+            let err = format!("{:#}", config(&args).unwrap_err());
+            assert!(err.contains(flags[0]) && err.contains("epoll"), "{err}");
+            assert!(!err.contains('\n'));
+        }
+        assert!(config(&["--runtime", "uring", "--sqpoll", "100", "--fixed-buffers"]).is_ok());
+    }
+
+    #[test]
+    fn refused_combinations_and_ranges() {
+        let err = |args: &[&str]| format!("{:#}", config(args).unwrap_err());
+        assert!(err(&["--sqpoll", "10", "--coop-taskrun"]).contains("--sqpoll"));
+        assert!(err(&["--listen", "127.0.0.1:1", "--ipv6-only"]).contains("--ipv6-only"));
+        assert!(err(&["--listen", "nonsense"]).contains("\"nonsense\""));
+        assert!(err(&["--listen", "999.1.1.1:1"]).contains("999.1.1.1:1"));
+        assert!(err(&["--threads", "0"]).contains("--threads"));
+        assert!(err(&["--backlog", "0"]).contains("--backlog"));
+        assert!(err(&["--buffer-size", "0"]).contains("--buffer-size"));
+        assert!(err(&["--buffer-size", "1GiB"]).contains("--buffer-size"));
+        assert!(err(&["--ring-entries", "65536"]).contains("--ring-entries"));
+        assert!(err(&["--cpus", "4000"]).contains("CPU 4000"));
+        // Syntax errors are clap's (exit code 2).
+        assert!(Cli::try_parse_from(["uring-echo", "--threads", "x"]).is_err());
+        assert!(Cli::try_parse_from(["uring-echo", "--buffer-size", "1X"]).is_err());
+    }
+
+    #[test]
+    fn limits_and_pinning() {
+        let first_cpu = allowed_cpus().unwrap()[0].to_string();
+        let c = config(&[
+            "--max-connections",
+            "10",
+            "--threads",
+            "3",
+            "--idle-timeout",
+            "1.5",
+            "--stats-interval",
+            "2",
+            "--cpus",
+            &first_cpu,
+        ])
+        .unwrap();
+        assert_eq!(c.max_connections, Some(10));
+        assert_eq!(c.fixed_buffers_per_thread(), 4);
+        assert_eq!(c.idle_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.stats_interval, Some(Duration::from_secs(2)));
+        let first: usize = first_cpu.parse().unwrap();
+        assert_eq!((c.cpu_for(0), c.cpu_for(2)), (Some(first), Some(first)));
+        let pinned = config(&["--pin"]).unwrap();
+        assert_eq!(pinned.cpus, allowed_cpus().unwrap());
+        assert_eq!(config(&[]).unwrap().fixed_buffers_per_thread(), 128);
+        let big = config(&["--max-connections", "100000"]).unwrap();
+        assert_eq!(big.fixed_buffers_per_thread(), 1024);
+    }
+}
