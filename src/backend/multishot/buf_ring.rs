@@ -54,7 +54,8 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
         Ok(Mapping { ptr, len })
     }
 }
@@ -130,12 +131,7 @@ impl BufRing {
         // SAFETY: the ring mapping is page aligned (mmap), holds `entries` descriptors and lives
         // until after the io_uring is dropped (module invariant), which unregisters the group.
         unsafe {
-            submitter.register_buf_ring_with_flags(
-                self.ring.ptr.as_ptr() as u64,
-                entries,
-                BGID,
-                0,
-            )
+            submitter.register_buf_ring_with_flags(self.ring.ptr.as_ptr() as u64, entries, BGID, 0)
         }
     }
 
