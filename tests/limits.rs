@@ -111,7 +111,7 @@ fn survives_fd_exhaustion(runtime: &str) {
     // Rate-limited: far fewer warnings than failed accepts.
     let warnings = exited.stderr.matches("Too many open files").count();
     assert!(
-        warnings >= 1 && warnings <= 10,
+        (1..=10).contains(&warnings),
         "{warnings} warnings:\n{}",
         exited.stderr
     );
