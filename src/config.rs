@@ -36,6 +36,9 @@ pub enum RuntimeKind {
     Uring,
     /// epoll through tokio: readiness notification, then read(2)/write(2).
     Epoll,
+    /// io_uring driven directly: multishot accept/recv into a provided-buffer ring, sends straight
+    /// from the received buffer (Linux >= 6.1; SINGLE_ISSUER|DEFER_TASKRUN)
+    UringMultishot,
 }
 
 impl fmt::Display for RuntimeKind {
@@ -43,6 +46,7 @@ impl fmt::Display for RuntimeKind {
         f.write_str(match self {
             RuntimeKind::Uring => "uring",
             RuntimeKind::Epoll => "epoll",
+            RuntimeKind::UringMultishot => "uring-multishot",
         })
     }
 }
@@ -261,6 +265,18 @@ impl TryFrom<Cli> for Config {
             ];
             if let Some((_, flag)) = uring_only.iter().find(|(given, _)| *given) {
                 bail!("{flag} configures io_uring and has no meaning with --runtime epoll");
+            }
+        }
+        if cli.runtime == RuntimeKind::UringMultishot {
+            // The engine owns its ring setup (SINGLE_ISSUER|DEFER_TASKRUN, which excludes SQPOLL
+            // and supersedes COOP_TASKRUN) and receives into provided buffers, not fixed ones.
+            let tokio_uring_only = [
+                (cli.sqpoll.is_some(), "--sqpoll"),
+                (cli.coop_taskrun, "--coop-taskrun"),
+                (cli.fixed_buffers, "--fixed-buffers"),
+            ];
+            if let Some((_, flag)) = tokio_uring_only.iter().find(|(given, _)| *given) {
+                bail!("{flag} applies to --runtime uring only, not to --runtime uring-multishot");
             }
         }
         let ring_entries = cli.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);

@@ -38,7 +38,16 @@ struct TestStats {
 
 impl StatsSink for TestStats {
     fn add(&self, counts: &Counts) {
-        self.counts.lock().unwrap().merge(counts);
+        let mut sum = self.counts.lock().unwrap();
+        sum.accepted += counts.accepted;
+        sum.rejected += counts.rejected;
+        sum.closed += counts.closed;
+        sum.bytes_echoed += counts.bytes_echoed;
+        sum.idle_timeouts += counts.idle_timeouts;
+        sum.errors_reset += counts.errors_reset;
+        sum.errors_pipe += counts.errors_pipe;
+        sum.errors_other += counts.errors_other;
+        sum.accept_errors += counts.accept_errors;
     }
     fn conn_opened(&self, limit: Option<usize>) -> bool {
         let previous = self.active.fetch_add(1, Ordering::AcqRel);
@@ -497,4 +506,50 @@ fn no_fds_left_after_exit() {
         before,
         "ring, listener or connection fds leaked"
     );
+}
+
+/// Resets in every state: while the server is blocked sending (client never read), while it
+/// waits to read, and after the client read a little. Every connection must be released without
+/// waiting for the drain (a dead connection whose send fails later still returns its buffer).
+#[test]
+fn rst_storm_in_every_state_releases_connections_promptly() {
+    let _g = FD_LOCK.read().unwrap();
+    let server = Server::start(params());
+    let addr = server.addr;
+    let storm: Vec<_> = (0..4u64)
+        .map(|t| {
+            thread::spawn(move || {
+                let chunk = pattern(t, 200_000);
+                for i in 0..50 {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                    let len = if i % 2 == 0 { chunk.len() } else { 100 };
+                    let _ = s.write_all(&chunk[..len]);
+                    if i % 3 == 0 {
+                        let mut one = [0u8; 1];
+                        let _ = s.read(&mut one);
+                    }
+                    set_linger_zero(&s);
+                    drop(s);
+                }
+            })
+        })
+        .collect();
+    for t in storm {
+        t.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.stats.active.load(Ordering::Relaxed) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections still open after the storm",
+            server.stats.active.load(Ordering::Relaxed)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let (report, counts) = server.stop();
+    assert_no_leaks(&report);
+    assert_eq!((counts.accepted, counts.closed), (200, 200));
+    assert!(counts.errors_reset + counts.errors_pipe > 0, "{counts:?}");
 }

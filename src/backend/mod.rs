@@ -16,6 +16,7 @@
 //!    the drain timeout, then shut the rest down and wait briefly for them to finish.
 
 pub(crate) mod epoll;
+pub(crate) mod multishot;
 pub(crate) mod uring;
 
 use std::io;
@@ -104,6 +105,8 @@ pub(crate) fn run_worker(worker: Worker) {
     match worker.shared.config.runtime {
         RuntimeKind::Uring => uring::run_worker(worker),
         RuntimeKind::Epoll => epoll::run_worker(worker),
+        // Its own event loop (no tokio runtime, no `serve`), with the same limits and counting.
+        RuntimeKind::UringMultishot => multishot::run_worker(worker),
     }
 }
 

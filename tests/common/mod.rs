@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Both engines; tests that apply to both run once per entry.
-pub const RUNTIMES: [&str; 2] = ["uring", "epoll"];
+pub const RUNTIMES: [&str; 3] = ["uring", "epoll", "uring-multishot"];
 
 /// How long a server may take to print its ready line (debug build, busy CI machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,6 +36,10 @@ macro_rules! for_each_runtime {
             #[test]
             fn epoll() {
                 super::$name("epoll")
+            }
+            #[test]
+            fn uring_multishot() {
+                super::$name("uring-multishot")
             }
         }
     )*};

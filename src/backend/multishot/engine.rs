@@ -174,19 +174,6 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Adds `other` into `self`.
-    pub fn merge(&mut self, other: &Counts) {
-        self.accepted += other.accepted;
-        self.rejected += other.rejected;
-        self.closed += other.closed;
-        self.bytes_echoed += other.bytes_echoed;
-        self.idle_timeouts += other.idle_timeouts;
-        self.errors_reset += other.errors_reset;
-        self.errors_pipe += other.errors_pipe;
-        self.errors_other += other.errors_other;
-        self.accept_errors += other.accept_errors;
-    }
-
     fn is_zero(&self) -> bool {
         *self == Counts::default()
     }
@@ -934,16 +921,19 @@ impl Loop<'_, '_> {
         self.kill(slot, false);
     }
 
-    /// Stops all I/O on a connection. `always_shutdown` sends our FIN even when no op is pending
-    /// (idle timeout, drain deadline); otherwise `shutdown(2)` is used only to make pending ops
-    /// complete. Buffers not referenced by a send go back to the ring now.
+    /// Stops all I/O on a connection (again, if it is already dead). `always_shutdown` sends our
+    /// FIN even when no op is pending (idle timeout, drain deadline); otherwise `shutdown(2)` is
+    /// used only to make pending ops complete. Buffers not referenced by a send go back to the
+    /// ring now, and the close is submitted once nothing is in flight.
     fn kill(&mut self, slot: u32, always_shutdown: bool) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if conn.dead || conn.close_pending {
+        if conn.close_pending {
             return;
         }
+        // Idempotent: a dead connection's late CQEs (a failed send, a final recv) come back here
+        // to release buffers and close.
         conn.dead = true;
         if !conn.shut && (always_shutdown || conn.recv_armed || conn.send_in_flight) {
             // SAFETY: plain syscall on an fd this connection owns and has not closed.

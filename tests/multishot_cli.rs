@@ -1,0 +1,54 @@
+//! `--runtime uring-multishot` through the real binary: flags that belong to the tokio-uring
+//! runtime are refused in one line, the ones it honours work. (Echo semantics, limits and
+//! shutdown run for every runtime in echo.rs, limits.rs and lifecycle.rs.)
+
+mod common;
+
+use common::{assert_one_line_error, echo_once, run_to_exit, TestServer};
+
+#[test]
+fn tokio_uring_flags_are_refused() {
+    for flag in [
+        &["--sqpoll", "100"][..],
+        &["--coop-taskrun"],
+        &["--fixed-buffers"],
+    ] {
+        let mut args = vec!["--runtime", "uring-multishot", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flag);
+        let exited = run_to_exit(&args, &[]);
+        assert_one_line_error(&exited, 1, &[flag[0], "uring-multishot"]);
+    }
+}
+
+#[test]
+fn small_ring_and_tiny_buffers_still_echo_everything() {
+    // 4 SQ entries for 20 connections: the engine must flush a full submission queue early.
+    // 512-byte provided buffers: every message spans many receives and sends.
+    let server = TestServer::spawn(&[
+        "--runtime",
+        "uring-multishot",
+        "--listen",
+        "127.0.0.1:0",
+        "--ring-entries",
+        "4",
+        "--buffer-size",
+        "512",
+    ]);
+    let clients: Vec<_> = (0..20u64)
+        .map(|i| {
+            let mut s = server.connect();
+            std::thread::spawn(move || {
+                for round in 0..20u64 {
+                    let data = common::pattern(i * 100 + round, 10_000);
+                    echo_once(&mut s, &data);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client failed");
+    }
+    let exited = server.stop();
+    assert_eq!(exited.count("bytes_echoed"), 20 * 20 * 10_000);
+    assert_eq!(exited.count("closed"), 20);
+}
