@@ -140,7 +140,7 @@ pub struct Cli {
     /// [uring] IORING_SETUP_SQPOLL: a kernel thread polls the submission queue, idling after IDLE_MS
     ///
     /// Saves the io_uring_enter(2) call per batch at the price of a kernel thread per ring that
-    /// spins on a CPU while busy. Root or CAP_SYS_NICE may be needed on older kernels.
+    /// spins on a CPU while busy. Kernels before 5.11 allow it to root (CAP_SYS_ADMIN) only.
     #[arg(long, value_name = "IDLE_MS")]
     pub sqpoll: Option<u32>,
 
