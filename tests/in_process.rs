@@ -1,0 +1,60 @@
+//! The library API: run the server inside the test process and stop it without signals.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use clap::Parser;
+use uring_echo::config::Cli;
+use uring_echo::{Config, Shutdown};
+
+fn config(args: &[&str]) -> Config {
+    let argv = ["uring-echo"].iter().chain(args);
+    Config::try_from(Cli::try_parse_from(argv).unwrap()).unwrap()
+}
+
+#[test]
+fn start_serve_stop_and_summarize() {
+    for runtime in ["uring", "epoll"] {
+        let shutdown = Shutdown::new();
+        let server = uring_echo::start(
+            config(&[
+                "--runtime",
+                runtime,
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "2",
+            ]),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"in process").unwrap();
+        let mut back = [0u8; 10];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"in process");
+        assert_eq!(server.snapshot().accepted, 1);
+        drop(s);
+        shutdown.stop();
+        let summary = server.wait().unwrap();
+        assert_eq!(summary.accepted, 1, "{runtime}");
+        assert_eq!(summary.closed, 1, "{runtime}");
+        assert_eq!(summary.bytes_echoed, 10, "{runtime}");
+        assert_eq!(summary.accepted_per_thread.len(), 2);
+    }
+}
+
+#[test]
+fn start_reports_bind_errors_without_leaving_workers() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = uring_echo::start(config(&["--listen", &addr]), Shutdown::new())
+        .err()
+        .expect("the port is taken");
+    assert!(
+        format!("{err:#}").starts_with(&format!("cannot listen on {addr}: ")),
+        "{err:#}"
+    );
+}
