@@ -259,7 +259,11 @@ fn bad_flags_exit_2_with_usage() {
     ] {
         let exited = run_to_exit(args, &[]);
         assert_eq!(exited.status.code(), Some(2), "{args:?}: {}", exited.stderr);
-        assert!(exited.stderr.starts_with("error: "), "{args:?}: {}", exited.stderr);
+        assert!(
+            exited.stderr.starts_with("error: "),
+            "{args:?}: {}",
+            exited.stderr
+        );
         assert!(!exited.stderr.contains("panicked"));
     }
 }
