@@ -19,8 +19,8 @@
 //!   see a FIN. So idle timeouts and forced drains never touch the connection task; the
 //!   per-worker [`Registry`] calls `shutdown(SHUT_RDWR)` on the socket, the in-flight read or
 //!   write completes (0 or EPIPE), and the loop ends by itself. This also keeps the per-operation
-//!   path free of timers and cancellation futures: an operation costs an atomic add and, with an
-//!   idle timeout, one `Cell` store.
+//!   path free of timers and cancellation futures: beyond the I/O itself, an operation costs one
+//!   relaxed atomic add (the byte counter) and one `Cell` store (the progress stamp).
 //!
 //! Idle detection is coarse on purpose: a sweeper ticks every `idle/8` (10 ms..1 s) and closes
 //! connections whose last progress (any completed read or write) is more than the timeout old, so
