@@ -130,28 +130,28 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
     pub stats_interval: Duration,
 
-    /// [uring] Submission queue entries per ring (the kernel rounds up to a power of two) [default: 256]
+    /// (uring) Submission queue entries per ring (the kernel rounds up to a power of two) [default: 256]
     ///
     /// The completion queue gets twice as many. A full submission queue is flushed to the kernel
     /// early, so this trades memory against submit calls, not correctness.
     #[arg(long, value_name = "N")]
     pub ring_entries: Option<u32>,
 
-    /// [uring] IORING_SETUP_SQPOLL: a kernel thread polls the submission queue, idling after IDLE_MS
+    /// (uring) IORING_SETUP_SQPOLL: a kernel thread polls the submission queue, idling after IDLE_MS
     ///
     /// Saves the io_uring_enter(2) call per batch at the price of a kernel thread per ring that
     /// spins on a CPU while busy. Kernels before 5.11 allow it to root (CAP_SYS_ADMIN) only.
     #[arg(long, value_name = "IDLE_MS")]
     pub sqpoll: Option<u32>,
 
-    /// [uring] IORING_SETUP_COOP_TASKRUN: no inter-processor interrupt when a completion is ready
+    /// (uring) IORING_SETUP_COOP_TASKRUN: no inter-processor interrupt when a completion is ready
     ///
     /// Completions are processed when the thread next enters the kernel instead. Cannot be
     /// combined with --sqpoll (the kernel refuses it).
     #[arg(long)]
     pub coop_taskrun: bool,
 
-    /// [uring] Registered buffers (IORING_REGISTER_BUFFERS) with read_fixed/write_fixed
+    /// (uring) Registered buffers (IORING_REGISTER_BUFFERS) with read_fixed/write_fixed
     ///
     /// Each worker registers a pool of buffers once; the kernel pins them, so they count against
     /// RLIMIT_MEMLOCK (`ulimit -l`). Pool size per worker: max-connections / threads if set,
