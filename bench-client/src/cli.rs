@@ -1,0 +1,592 @@
+//! Command-line flags (clap derive) and their value parsers.
+//!
+//! [`Cli`] is the raw, syntactically checked command line; [`crate::config`] turns it into a
+//! validated configuration. Value parsers live here so that every malformed value (`-c 0`,
+//! `-d banana`, `--size 4`) is rejected by clap with exit code 2 before anything runs.
+//! [`parse_args`] shortens clap's multi-line errors to the one line the rest of the tool uses.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::message::HEADER_BYTES;
+
+/// Largest accepted `--size`.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+const LONG_ABOUT: &str = "\
+Load generator for TCP echo servers: closed or open loop, every echoed byte verified, \
+latency recorded in HdrHistograms, interleaved comparison of several servers.
+
+With no TARGET and no --spawn, runs the default comparison: starts the uring-echo binary found \
+beside echo-bench with `--runtime uring` and with `--runtime epoll`, pins server and client to \
+different CPUs when there are at least two, and runs 5 interleaved rounds of 2 s (500 ms warmup) \
+with 50 connections and 128-byte messages. Build both binaries first:
+    cargo build --release --workspace && target/release/echo-bench
+
+Latencies are measured in nanoseconds (histograms: 1 ns .. 1 h, 3 significant digits) and \
+printed in microseconds; .hgrm files are in milliseconds.";
+
+const AFTER_LONG_HELP: &str = "\
+Exit status: 0 success; 1 run failed (connection refused/reset, echo mismatch, EOF or short \
+read, server failed to start, existing output file, I/O error); 2 invalid command line.
+
+Examples:
+    echo-bench 127.0.0.1:7000
+    echo-bench -c 100 -d 30s --pipeline 4 --json run.json --hgrm run.hgrm 127.0.0.1:7000
+    echo-bench --rate 50k --arrival poisson --hlog run.hlog --plot run.svg [::1]:7000
+    echo-bench --rounds 7 --spawn 'uring-echo --runtime uring --listen 127.0.0.1:0' \\
+               --spawn 'uring-echo --runtime epoll --listen 127.0.0.1:0' --name uring --name epoll
+    echo-bench merge host1.hlog host2.hlog --hgrm total.hgrm";
+
+/// echo-bench: verify and measure TCP echo servers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "echo-bench",
+    version,
+    about = "Load generator for TCP echo servers: verified bytes, HdrHistogram latency, interleaved comparison",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Subcommand (omit to run a benchmark).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Benchmark flags.
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Merge interval logs (.hlog) from several echo-bench processes into one histogram.
+    ///
+    /// Sums every untagged interval (or every interval with --tag) of every file and prints
+    /// the merged percentiles. This is how a server loaded from several client processes or
+    /// machines is measured: start the clients with the same --start-at and --hlog, then merge.
+    /// Values are taken to be nanoseconds, as echo-bench writes them. A corrupted or truncated
+    /// file is an error (exit 1).
+    Merge(MergeArgs),
+}
+
+/// Flags of `echo-bench merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Interval log files to merge.
+    #[arg(value_name = "FILE.hlog", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also write the merged percentile distribution (HdrHistogram .hgrm format, milliseconds).
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// Also write the merged result as JSON (counts, percentiles, base64 V2-deflate histogram).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Merge the intervals carrying this tag (e.g. `service` for open-loop service times)
+    /// instead of the untagged ones.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Open-loop arrival process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrival {
+    /// Evenly spaced sends (connections phase-shifted so the total is evenly spaced too).
+    Constant,
+    /// Exponentially distributed gaps (a Poisson process of the total rate).
+    Poisson,
+}
+
+/// A syntactically valid `host:port` (resolved later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    /// As written on the command line.
+    pub text: String,
+    /// Host part, without brackets.
+    pub host: String,
+    /// Port (1..=65535).
+    pub port: u16,
+}
+
+/// A parsed CPU list (`0`, `0-3`, `0,2,4-7`), sorted, without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// Benchmark flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Echo servers to load: host:port, IPv6 as [::1]:port. Several targets are compared.
+    ///
+    /// Targets come first in the comparison order, then --spawn servers; ratios are relative
+    /// to the first one.
+    #[arg(value_name = "TARGET", value_parser = parse_target)]
+    pub targets: Vec<TargetSpec>,
+
+    /// Connections per target [default: 50].
+    #[arg(short = 'c', long, value_name = "N", value_parser = parse_positive)]
+    pub connections: Option<usize>,
+
+    /// Measured duration of each run, e.g. 500ms, 10s, 1m [default: 10s; 2s in the default
+    /// comparison].
+    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub duration: Option<Duration>,
+
+    /// Warmup before each measured run; messages completing during it are not recorded
+    /// [default: 1s; 500ms in the default comparison].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+
+    /// Message size in bytes: 64, 1KiB, 4k (k, K, KiB = 1024; M, MiB = 1024²). At least 12
+    /// (the header: connection id and sequence number) [default: 128].
+    #[arg(short = 's', long, value_name = "BYTES", value_parser = parse_message_size)]
+    pub size: Option<usize>,
+
+    /// Closed loop: messages in flight per connection [default: 1].
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub pipeline: Option<usize>,
+
+    /// Client OS threads, each with its own single-threaded runtime and share of the
+    /// connections [default: CPUs available to the client (--client-cpus), at most --connections].
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub threads: Option<usize>,
+
+    /// Open loop: total messages per second over all connections of a target (10000, 10k,
+    /// 1.5M). Latency is then measured from each message's intended send time (corrected for
+    /// coordinated omission) and, separately, from its actual send time (service time).
+    #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Open loop: arrival process of the intended send times.
+    #[arg(long, value_enum, value_name = "KIND", requires = "rate")]
+    pub arrival: Option<Arrival>,
+
+    /// Write a JSON report (schema in the README) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write the latency percentile distribution in HdrHistogram's .hgrm text format
+    /// (milliseconds). With several targets, one file per target: NAME is inserted before
+    /// the extension (run.hgrm -> run.uring.hgrm).
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+
+    /// Write an HdrHistogram interval log (V2 compressed, values in ns) with one histogram per
+    /// --interval of the measured window; open-loop service times are tagged `service`. With
+    /// several targets, one file per target (like --hgrm).
+    #[arg(long, value_name = "FILE")]
+    pub hlog: Option<PathBuf>,
+
+    /// Interval of the --hlog histograms.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_nonzero_duration)]
+    pub interval: Duration,
+
+    /// Write an SVG latency-by-percentile plot (log percentile axis, one line per target).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Overwrite existing output files (otherwise an existing file is an error).
+    #[arg(long)]
+    pub force: bool,
+
+    /// No progress bar and no per-round lines on stderr.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Free-form label stored in the JSON report (e.g. a commit or a machine name).
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+
+    /// Start the measured window at this wall-clock time, so that several echo-bench
+    /// processes (on one or several hosts) measure the same window: Unix seconds (1767225600,
+    /// 1767225600.5) or RFC3339 UTC (2026-01-01T00:00:00Z). Connections are made first, the
+    /// warmup runs just before. Single target and single round only.
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    pub start_at: Option<SystemTime>,
+
+    /// Start a server with this command (split like a shell would, no shell involved), wait
+    /// for its `listening on <addr>` stdout line, benchmark it, and stop it with SIGTERM
+    /// (SIGKILL after 5 s). Repeatable. Adds server CPU time per message to the report.
+    #[arg(long, value_name = "CMD")]
+    pub spawn: Vec<String>,
+
+    /// Name of the targets in output, in order (TARGETs first, then --spawn). Repeatable.
+    /// [default: the TARGET as written; spawn1, spawn2, ... for --spawn]
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+
+    /// Interleaved rounds: each round runs every target once, in a freshly shuffled order;
+    /// medians, spread and ratios are computed over rounds [default: 1; 5 in the default
+    /// comparison].
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub rounds: Option<usize>,
+
+    /// Pin spawned servers to these CPUs (e.g. 0 or 0-1) [default comparison: the first
+    /// allowed CPU, when there are at least two].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub server_cpus: Option<CpuList>,
+
+    /// Pin the client threads to these CPUs, thread i to the i-th CPU of the list (round
+    /// robin) [default comparison: the second allowed CPU, when there are at least two].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub client_cpus: Option<CpuList>,
+
+    /// How long a --spawn server may take to print its `listening on` line.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub spawn_timeout: Duration,
+
+    /// Timeout of each TCP connect.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_nonzero_duration)]
+    pub connect_timeout: Duration,
+
+    /// Seed for the round order and Poisson arrivals (runs with the same seed repeat them).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Parse the process arguments. On a usage error print one line `echo-bench: ...` and return
+/// exit code 2; `--help`/`--version` print and return 0.
+pub fn parse_args<I, T>(args: I) -> Result<Cli, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    use clap::error::ErrorKind;
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                let _ = e.print();
+                Err(ExitCode::SUCCESS)
+            }
+            _ => {
+                eprintln!("echo-bench: {}", one_line_error(&e.to_string()));
+                Err(ExitCode::from(2))
+            }
+        },
+    }
+}
+
+/// The first paragraph of a clap error, on one line, without the `error: ` prefix.
+pub fn one_line_error(rendered: &str) -> String {
+    let first_paragraph: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first_paragraph.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+/// Parse a positive integer (`0` is refused).
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("expected a positive integer, got '{s}'"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
+/// Parse a human duration (`500ms`, `10s`, `1m30s`); `0` and `0s` are allowed.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration like 500ms, 10s or 1m ({e})"))
+}
+
+/// Like [`parse_duration`], refusing zero.
+pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parse a byte size: a number with an optional binary unit (`B`, `k`/`K`/`KiB`, `M`/`MiB`).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!("expected a size like 64, 1KiB or 4k, got '{s}'"));
+    }
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("size '{s}' is too large"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "k" | "K" | "KiB" | "kiB" | "Ki" => 1 << 10,
+        "m" | "M" | "MiB" | "Mi" => 1 << 20,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' (use B, k/KiB = 1024 or M/MiB = 1024²)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Parse `--size`: [`parse_size`] plus the header minimum and [`MAX_MESSAGE_BYTES`].
+pub fn parse_message_size(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if n < HEADER_BYTES {
+        return Err(format!(
+            "must be at least {HEADER_BYTES} bytes (the message header: connection id and sequence number)"
+        ));
+    }
+    if n > MAX_MESSAGE_BYTES {
+        return Err(format!("must be at most {} MiB", MAX_MESSAGE_BYTES >> 20));
+    }
+    Ok(n)
+}
+
+/// Parse a rate in messages per second: a positive number with optional decimal suffix
+/// (`k` = 1000, `M` = 1,000,000).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix(['k', 'K']) {
+        (n, 1e3)
+    } else if let Some(n) = t.strip_suffix('M') {
+        (n, 1e6)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("expected messages per second like 1000, 10k or 1.5M, got '{s}'"))?;
+    let v = v * mult;
+    if !v.is_finite() || v <= 0.0 {
+        return Err("must be greater than zero".into());
+    }
+    Ok(v)
+}
+
+/// Parse a CPU list: comma-separated CPUs and inclusive ranges (`0`, `0-3`, `0,2,4-7`).
+pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(format!("empty entry in CPU list '{s}'"));
+        }
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |x: &str| -> Result<usize, String> {
+            x.parse::<usize>()
+                .map_err(|_| format!("expected CPU numbers like 0, 0-3 or 0,2,4-7, got '{s}'"))
+        };
+        let (lo, hi) = (parse(lo)?, parse(hi)?);
+        if lo > hi {
+            return Err(format!("CPU range '{part}' is reversed"));
+        }
+        if hi >= libc::CPU_SETSIZE as usize {
+            return Err(format!(
+                "CPU {hi} is beyond the maximum {}",
+                libc::CPU_SETSIZE - 1
+            ));
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(CpuList(cpus))
+}
+
+/// Parse a `host:port` target (IPv6 in brackets).
+pub fn parse_target(s: &str) -> Result<TargetSpec, String> {
+    let t = s.trim();
+    let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (host, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("expected [IPv6]:port, got '{s}'"))?;
+        (host, port)
+    } else {
+        let (host, port) = t
+            .rsplit_once(':')
+            .ok_or_else(|| format!("expected host:port, got '{s}'"))?;
+        if host.contains(':') {
+            return Err(format!("IPv6 addresses need brackets: [{host}]:{port}"));
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err(format!("missing host in '{s}'"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid port '{port}' in '{s}' (expected 1-65535)"))?;
+    if port == 0 {
+        return Err(format!("port 0 in '{s}' cannot be connected to"));
+    }
+    Ok(TargetSpec {
+        text: t.to_string(),
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Parse `--start-at`: Unix seconds (fractional allowed) or RFC3339 UTC.
+pub fn parse_start_at(s: &str) -> Result<SystemTime, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if !secs.is_finite() || secs <= 0.0 {
+            return Err("Unix time must be positive".into());
+        }
+        return Ok(UNIX_EPOCH + Duration::from_secs_f64(secs));
+    }
+    humantime::parse_rfc3339_weak(t).map_err(|e| {
+        format!("expected Unix seconds (1767225600.5) or RFC3339 UTC (2026-01-01T00:00:00Z): {e}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("64B"), Ok(64));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("-5").is_err());
+        assert!(parse_size("99999999999999999999999").is_err());
+        assert!(parse_message_size("0").unwrap_err().contains("at least 12"));
+        assert!(parse_message_size("11").is_err());
+        assert_eq!(parse_message_size("12"), Ok(12));
+        assert!(parse_message_size("65M").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("banana").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_nonzero_duration("0s").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1000"), Ok(1000.0));
+        assert_eq!(parse_rate("10k"), Ok(10_000.0));
+        assert_eq!(parse_rate("1.5M"), Ok(1_500_000.0));
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("inf").is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Ok(CpuList(vec![0])));
+        assert_eq!(parse_cpu_list("0-3"), Ok(CpuList(vec![0, 1, 2, 3])));
+        assert_eq!(parse_cpu_list("4-5,0,2"), Ok(CpuList(vec![0, 2, 4, 5])));
+        assert_eq!(parse_cpu_list("1,1,1"), Ok(CpuList(vec![1])));
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("0,,1").is_err());
+        assert!(parse_cpu_list("5000").is_err());
+    }
+
+    #[test]
+    fn targets() {
+        let t = parse_target("127.0.0.1:7000").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 7000));
+        let t = parse_target("[::1]:7000").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 7000));
+        let t = parse_target("localhost:80").unwrap();
+        assert_eq!(t.host, "localhost");
+        assert!(parse_target("nonsense:xx")
+            .unwrap_err()
+            .contains("invalid port"));
+        assert!(parse_target("127.0.0.1").is_err());
+        assert!(parse_target("::1:80").unwrap_err().contains("brackets"));
+        assert!(parse_target(":80").is_err());
+        assert!(parse_target("h:0").is_err());
+        assert!(parse_target("h:70000").is_err());
+    }
+
+    #[test]
+    fn start_at() {
+        assert_eq!(
+            parse_start_at("1767225600"),
+            Ok(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
+        );
+        assert_eq!(
+            parse_start_at("1767225600.5"),
+            Ok(UNIX_EPOCH + Duration::from_millis(1_767_225_600_500))
+        );
+        assert_eq!(
+            parse_start_at("2026-01-01T00:00:00Z"),
+            Ok(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
+        );
+        assert!(parse_start_at("tomorrow").is_err());
+        assert!(parse_start_at("-5").is_err());
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let e = Cli::try_parse_from(["echo-bench", "-c", "0", "127.0.0.1:1"]).unwrap_err();
+        let line = one_line_error(&e.to_string());
+        assert!(!line.contains('\n'));
+        assert!(
+            line.contains("--connections") && line.contains("at least 1"),
+            "{line}"
+        );
+        let e = Cli::try_parse_from(["echo-bench", "merge"]).unwrap_err();
+        let line = one_line_error(&e.to_string());
+        assert!(line.contains("FILE.hlog"), "{line}");
+    }
+
+    #[test]
+    fn merge_subcommand_and_targets_parse() {
+        let cli = Cli::try_parse_from(["echo-bench", "merge", "a.hlog", "b.hlog", "--hgrm", "x"])
+            .unwrap();
+        match cli.command {
+            Some(Command::Merge(m)) => {
+                assert_eq!(m.files.len(), 2);
+                assert_eq!(m.hgrm, Some(PathBuf::from("x")));
+            }
+            None => panic!("merge not parsed"),
+        }
+        let cli = Cli::try_parse_from(["echo-bench", "-c", "3", "127.0.0.1:1", "[::1]:2"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.bench.targets.len(), 2);
+        assert_eq!(cli.bench.connections, Some(3));
+        assert!(Cli::try_parse_from(["echo-bench", "--arrival", "poisson", "h:1"]).is_err());
+    }
+}

@@ -1,0 +1,427 @@
+//! Drive one connection: send messages, verify every echoed byte, record latencies.
+//!
+//! One future per connection polls both directions of the socket itself (`poll_write` and
+//! `poll_read` on the same `TcpStream`, no split, no channel, no per-message allocation), so
+//! pipelined messages flow while echoes are being read and neither side can deadlock on full
+//! socket buffers. Outgoing bytes are generated into a small staging buffer owned by the
+//! connection; incoming bytes land in a read buffer shared by all connections of the thread
+//! (it is only used inside one synchronous poll) and are verified in place, streaming.
+//!
+//! A message is *admitted* when its first byte is generated: that instant is its send time.
+//! Closed loop admits while fewer than `pipeline` messages are outstanding; open loop admits
+//! every message whose intended time has passed — when the connection is behind it sends
+//! immediately, but its latency is still measured from the intended time.
+//!
+//! At the deadline the connection stops: admitted but unfinished messages are `aborted`,
+//! open-loop messages that were due but never admitted are `unsent`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Exp};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::clock::now_ns;
+use crate::config::Arrival;
+use crate::message::{ConnError, Pattern};
+use crate::pacer::Pacer;
+use crate::record::{Recorder, Window};
+
+/// Bytes of the per-thread read buffer.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Upper bound of a connection's staging (write) buffer.
+pub const MAX_STAGING_BYTES: usize = 64 * 1024;
+
+/// State shared by all connections of one client thread.
+pub struct ThreadShared {
+    /// Message content.
+    pub pattern: Arc<Pattern>,
+    /// The thread's latency recorder.
+    pub recorder: RefCell<Recorder>,
+    /// Read buffer, borrowed only during one poll.
+    pub rbuf: RefCell<Box<[u8]>>,
+    /// Open-loop wake-ups.
+    pub pacer: Option<Rc<Pacer>>,
+    /// Completed messages of this thread, for the progress display.
+    pub progress: Arc<AtomicU64>,
+    /// The trial's window.
+    pub window: Window,
+}
+
+/// When each message of one connection is intended to be sent (open loop).
+pub struct Arrivals {
+    kind: ArrivalKind,
+}
+
+enum ArrivalKind {
+    Constant {
+        t0_ns: u64,
+        period_ns: f64,
+        /// Next message index, offset by this connection's phase.
+        k: f64,
+    },
+    Poisson {
+        next_ns: f64,
+        rng: Box<StdRng>,
+        exp: Exp<f64>,
+    },
+}
+
+impl Arrivals {
+    /// Arrivals for connection `index` of `count`, each connection getting `rate_per_conn`
+    /// messages per second starting at `t0_ns`. Constant arrivals are phase-shifted by
+    /// `index / count` of a period so the aggregate is evenly spaced; Poisson arrivals use
+    /// exponential gaps (the sum of the connections is then a Poisson process of the total rate).
+    pub fn new(
+        arrival: Arrival,
+        t0_ns: u64,
+        rate_per_conn: f64,
+        index: u32,
+        count: u32,
+        seed: u64,
+    ) -> Arrivals {
+        let period_ns = 1e9 / rate_per_conn;
+        let kind = match arrival {
+            Arrival::Constant => ArrivalKind::Constant {
+                t0_ns,
+                period_ns,
+                k: f64::from(index) / f64::from(count.max(1)),
+            },
+            Arrival::Poisson => {
+                let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(index) << 32) ^ 0x9e37_79b9);
+                let exp = Exp::new(1.0 / period_ns).expect("positive rate");
+                let first = t0_ns as f64 + exp.sample(&mut rng);
+                ArrivalKind::Poisson {
+                    next_ns: first,
+                    rng: Box::new(rng),
+                    exp,
+                }
+            }
+        };
+        Arrivals { kind }
+    }
+
+    /// Intended send time of the next message; advances the schedule.
+    pub fn next_ns(&mut self) -> u64 {
+        match &mut self.kind {
+            ArrivalKind::Constant {
+                t0_ns,
+                period_ns,
+                k,
+            } => {
+                let t = *t0_ns + (*k * *period_ns) as u64;
+                *k += 1.0;
+                t
+            }
+            ArrivalKind::Poisson { next_ns, rng, exp } => {
+                let t = *next_ns as u64;
+                *next_ns += exp.sample(rng.as_mut());
+                t
+            }
+        }
+    }
+}
+
+/// How a connection generates load.
+pub enum Load {
+    /// Keep `pipeline` messages outstanding.
+    Closed {
+        /// Messages in flight.
+        pipeline: usize,
+    },
+    /// Send on a schedule.
+    Open(Arrivals),
+}
+
+/// What one connection did.
+#[derive(Debug, Default)]
+pub struct ConnOutcome {
+    /// Messages admitted (sent or partly sent).
+    pub sent: u64,
+    /// Messages in flight at the deadline.
+    pub aborted: u64,
+    /// Open loop: messages due before the deadline but never sent (the connection was behind).
+    pub unsent: u64,
+    /// Why the connection stopped early, if it did.
+    pub error: Option<ConnError>,
+}
+
+/// Staging-buffer size for a connection: room for `batch` messages, at most 64 KiB.
+pub fn staging_bytes(size: usize, batch: usize) -> usize {
+    size.saturating_mul(batch.max(1)).min(MAX_STAGING_BYTES)
+}
+
+/// Run one connection from `t0` to the window's end.
+pub async fn drive(
+    mut stream: TcpStream,
+    conn: u32,
+    shared: Rc<ThreadShared>,
+    mut load: Load,
+) -> ConnOutcome {
+    let window = shared.window;
+    let pattern = shared.pattern.clone();
+    let size = pattern.size();
+    let batch = match &load {
+        Load::Closed { pipeline } => *pipeline,
+        Load::Open(_) => 64,
+    };
+    let wcap = staging_bytes(size, batch);
+    let mut wbuf = vec![0u8; wcap].into_boxed_slice();
+    let (mut wpos, mut wlen) = (0usize, 0usize);
+    // Generation pointer: next byte to stage is byte `gen_off` of message `gen_seq`.
+    let (mut gen_seq, mut gen_off) = (0u64, 0usize);
+    let mut admitted = 0u64;
+    // Verification pointer: next byte expected is byte `rx_off` of message `rx_seq`.
+    let (mut rx_seq, mut rx_off) = (0u64, 0usize);
+    let (mut written, mut received) = (0u64, 0u64);
+    // (intended_ns, sent_ns) of messages rx_seq..admitted.
+    let mut times: VecDeque<(u64, u64)> = VecDeque::with_capacity(batch.min(4096));
+    let mut next_intended = match &mut load {
+        Load::Open(arrivals) => arrivals.next_ns(),
+        Load::Closed { .. } => window.t0_ns,
+    };
+    let mut pacer_due = u64::MAX;
+
+    let deadline = tokio::time::sleep(std::time::Duration::from_nanos(
+        window.end_ns.saturating_sub(now_ns()),
+    ));
+    tokio::pin!(deadline);
+    if let Load::Closed { .. } = load {
+        let wait = window.t0_ns.saturating_sub(now_ns());
+        if wait > 0 {
+            tokio::time::sleep(std::time::Duration::from_nanos(wait)).await;
+        }
+    }
+
+    let io_err = |source: io::Error| ConnError::Io { conn, source };
+
+    let result: Result<(), ConnError> = std::future::poll_fn(|cx| {
+        loop {
+            let now = now_ns();
+            if now >= window.end_ns {
+                return Poll::Ready(Ok(()));
+            }
+            let mut progress = false;
+
+            // Admit and stage new messages.
+            loop {
+                if gen_seq != admitted || wlen >= wcap {
+                    break;
+                }
+                match &mut load {
+                    Load::Closed { pipeline } => {
+                        if (admitted - rx_seq) as usize >= *pipeline {
+                            break;
+                        }
+                        times.push_back((now, now));
+                    }
+                    Load::Open(arrivals) => {
+                        if next_intended > now {
+                            break;
+                        }
+                        times.push_back((next_intended, now));
+                        next_intended = arrivals.next_ns();
+                    }
+                }
+                admitted += 1;
+                while wlen < wcap && gen_seq < admitted {
+                    let n = (wcap - wlen).min(size - gen_off);
+                    pattern.fill(conn, gen_seq, gen_off, &mut wbuf[wlen..wlen + n]);
+                    wlen += n;
+                    gen_off += n;
+                    if gen_off == size {
+                        gen_seq += 1;
+                        gen_off = 0;
+                    }
+                }
+            }
+            // Keep staging the rest of a large message.
+            while wlen < wcap && gen_seq < admitted {
+                let n = (wcap - wlen).min(size - gen_off);
+                pattern.fill(conn, gen_seq, gen_off, &mut wbuf[wlen..wlen + n]);
+                wlen += n;
+                gen_off += n;
+                if gen_off == size {
+                    gen_seq += 1;
+                    gen_off = 0;
+                }
+            }
+
+            // Write.
+            if wpos < wlen {
+                match Pin::new(&mut stream).poll_write(cx, &wbuf[wpos..wlen]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io_err(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        wpos += n;
+                        written += n as u64;
+                        if wpos == wlen {
+                            wpos = 0;
+                            wlen = 0;
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(io_err(e))),
+                    Poll::Pending => {}
+                }
+            }
+
+            // Read and verify.
+            let mut rbuf = shared.rbuf.borrow_mut();
+            let mut rb = ReadBuf::new(&mut rbuf[..]);
+            match Pin::new(&mut stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Err(if rx_off > 0 {
+                            ConnError::Short {
+                                conn,
+                                seq: rx_seq,
+                                got: rx_off,
+                                size,
+                            }
+                        } else {
+                            ConnError::Eof {
+                                conn,
+                                seq: rx_seq,
+                                in_flight: admitted - rx_seq,
+                            }
+                        }));
+                    }
+                    let done = now_ns();
+                    if done >= window.end_ns {
+                        // Completed after the deadline: still in flight at the deadline.
+                        return Poll::Ready(Ok(()));
+                    }
+                    let data = &rbuf[..n];
+                    let valid = (n as u64).min(written - received) as usize;
+                    let mut rec = shared.recorder.borrow_mut();
+                    let mut i = 0;
+                    while i < valid {
+                        let take = (valid - i).min(size - rx_off);
+                        if let Err(m) = pattern.verify(conn, rx_seq, rx_off, &data[i..i + take]) {
+                            return Poll::Ready(Err(ConnError::Mismatch {
+                                conn,
+                                seq: rx_seq,
+                                offset: m.offset,
+                                expected: m.expected,
+                                got: m.got,
+                            }));
+                        }
+                        i += take;
+                        rx_off += take;
+                        if rx_off == size {
+                            let (intended, sent) =
+                                times.pop_front().expect("a sent message per echo");
+                            rec.record(done, intended, sent);
+                            rx_seq += 1;
+                            rx_off = 0;
+                        }
+                    }
+                    received += valid as u64;
+                    if n > valid {
+                        return Poll::Ready(Err(ConnError::Unsolicited {
+                            conn,
+                            seq: rx_seq,
+                            offset: rx_off,
+                            bytes: n - valid,
+                        }));
+                    }
+                    shared
+                        .progress
+                        .store(rec.completed_total, Ordering::Relaxed);
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(io_err(e))),
+                Poll::Pending => {}
+            }
+            drop(rbuf);
+
+            if progress {
+                continue;
+            }
+            // Nothing moved: make sure something will wake us.
+            if let (Load::Open(_), Some(pacer)) = (&load, shared.pacer.as_ref()) {
+                if gen_seq == admitted && wlen < wcap && next_intended != pacer_due {
+                    pacer.wake_at(next_intended, cx.waker());
+                    pacer_due = next_intended;
+                }
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    })
+    .await;
+
+    let mut outcome = ConnOutcome {
+        sent: admitted,
+        ..ConnOutcome::default()
+    };
+    match result {
+        Ok(()) => {
+            outcome.aborted = admitted - rx_seq;
+            if let Load::Open(arrivals) = &mut load {
+                let mut t = next_intended;
+                while t < window.end_ns {
+                    outcome.unsent += 1;
+                    t = arrivals.next_ns();
+                }
+            }
+        }
+        Err(e) => outcome.error = Some(e),
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_arrivals_are_evenly_spread_across_connections() {
+        // 4 connections at 1000 msgs/s each = 4000/s total: aggregate gaps of 250 µs.
+        let mut all: Vec<u64> = (0..4)
+            .flat_map(|c| {
+                let mut a = Arrivals::new(Arrival::Constant, 1_000_000, 1000.0, c, 4, 1);
+                (0..10).map(move |_| a.next_ns()).collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all[0], 1_000_000);
+        for w in all.windows(2) {
+            assert_eq!(w[1] - w[0], 250_000);
+        }
+    }
+
+    #[test]
+    fn poisson_arrivals_have_the_requested_mean_rate() {
+        let mut a = Arrivals::new(Arrival::Poisson, 0, 10_000.0, 0, 1, 7);
+        let n = 20_000;
+        let mut last = 0;
+        for _ in 0..n {
+            last = a.next_ns();
+        }
+        let rate = n as f64 / (last as f64 / 1e9);
+        assert!((rate - 10_000.0).abs() / 10_000.0 < 0.03, "{rate}");
+    }
+
+    #[test]
+    fn staging_is_bounded() {
+        assert_eq!(staging_bytes(128, 1), 128);
+        assert_eq!(staging_bytes(128, 8), 1024);
+        assert_eq!(staging_bytes(1 << 20, 1), MAX_STAGING_BYTES);
+    }
+}

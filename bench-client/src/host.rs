@@ -1,0 +1,264 @@
+//! Facts about the machine and the few Linux calls the bench needs: CPU affinity, process CPU
+//! time (`/proc/<pid>/stat`, own `getrusage`), the file-descriptor limit, and host metadata
+//! (kernel, CPU model) that every saved result must carry to be interpretable later.
+
+use std::io;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+/// Host metadata recorded in the JSON report.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostInfo {
+    /// `gethostname`.
+    pub hostname: String,
+    /// `uname`: sysname, release, version and machine.
+    pub kernel: String,
+    /// First `model name` of `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// CPUs this process may run on (`sched_getaffinity`).
+    pub nproc: usize,
+    /// CPUs this process may run on, as a list.
+    pub allowed_cpus: Vec<usize>,
+}
+
+fn cstr_field(field: &[libc::c_char]) -> String {
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Collect [`HostInfo`].
+pub fn host_info() -> HostInfo {
+    // SAFETY: utsname is plain old data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname.
+    let (kernel, hostname) = if unsafe { libc::uname(&mut uts) } == 0 {
+        (
+            format!(
+                "{} {} {} {}",
+                cstr_field(&uts.sysname),
+                cstr_field(&uts.release),
+                cstr_field(&uts.version),
+                cstr_field(&uts.machine)
+            ),
+            cstr_field(&uts.nodename),
+        )
+    } else {
+        ("unknown".into(), "unknown".into())
+    };
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let allowed_cpus = allowed_cpus().unwrap_or_default();
+    HostInfo {
+        hostname,
+        kernel,
+        cpu_model,
+        nproc: allowed_cpus.len().max(1),
+        allowed_cpus,
+    }
+}
+
+/// CPUs the calling thread may run on.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain old data.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid and its size is passed.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `i` is below CPU_SETSIZE.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect())
+}
+
+/// Build a `cpu_set_t` from a CPU list (validated against `CPU_SETSIZE` by the CLI parser).
+pub fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain old data; CPU_ZERO/CPU_SET only touch it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: the CLI parser keeps every CPU below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// Pin the calling thread to `cpus`.
+pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    let set = cpu_set(cpus);
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Check that every CPU in `cpus` is one this process may use, so that pinning errors are
+/// reported up front with the list that is available.
+pub fn check_cpus(flag: &str, cpus: &[usize]) -> anyhow::Result<()> {
+    let allowed = allowed_cpus().context("sched_getaffinity")?;
+    if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
+        bail!(
+            "{flag}: CPU {bad} is not available to this process (available: {})",
+            format_cpu_list(&allowed)
+        );
+    }
+    Ok(())
+}
+
+/// Format a CPU list compactly (`0-3,6`).
+pub fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// utime + stime of process `pid`, all threads included, in ns (resolution: one clock tick,
+/// usually 10 ms). Parsed from `/proc/<pid>/stat` fields 14 and 15.
+pub fn process_cpu_ns(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_cpu_ticks(&stat)
+        .map(|ticks| ticks * 1_000_000_000 / clock_ticks_per_second())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unparsable /proc/{pid}/stat"),
+            )
+        })
+}
+
+/// utime + stime in clock ticks from the text of a `/proc/<pid>/stat` file.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time (user + system) used by this process so far, in ns.
+pub fn self_cpu_ns() -> u64 {
+    // SAFETY: rusage is plain old data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit if `needed` descriptors do not fit the
+/// soft one; fail with a clear message when even the hard limit is too small.
+pub fn ensure_fd_limit(needed: u64) -> anyhow::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur >= needed {
+        return Ok(());
+    }
+    if lim.rlim_max < needed {
+        bail!(
+            "need about {needed} file descriptors but the RLIMIT_NOFILE hard limit is {} \
+             (lower --connections or raise `ulimit -Hn`)",
+            lim.rlim_max
+        );
+    }
+    let new = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        bail!(
+            "cannot raise RLIMIT_NOFILE to {}: {}",
+            lim.rlim_max,
+            io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_handles_spaces_and_parens_in_comm() {
+        let stat = "1234 (my (weird) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
+                    250 75 0 0 20 0 3 0 12345 1000000 100 18446744073709551615";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_stat_is_readable() {
+        let ns = process_cpu_ns(std::process::id()).unwrap();
+        // any value is plausible; it must parse
+        let _ = ns;
+        assert!(self_cpu_ns() > 0);
+    }
+
+    #[test]
+    fn cpu_list_formatting() {
+        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(format_cpu_list(&[5, 1]), "1,5");
+        assert_eq!(format_cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn host_info_has_kernel_and_cpus() {
+        let h = host_info();
+        assert!(h.kernel.starts_with("Linux"), "{}", h.kernel);
+        assert!(h.nproc >= 1);
+        assert!(!h.allowed_cpus.is_empty());
+    }
+}

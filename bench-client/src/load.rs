@@ -1,0 +1,516 @@
+//! One trial: `threads` OS threads, each with its own tokio current-thread runtime driving its
+//! share of the connections, against one address.
+//!
+//! Sequence (the measured window excludes connection setup):
+//! 1. every thread connects all of its connections and reports ready (or the first error);
+//! 2. the coordinating thread picks one common start `t0` (or derives it from `--start-at`) and
+//!    releases all threads; the measured window is `[t0 + warmup, t0 + warmup + duration)`;
+//! 3. while the load runs, the coordinator samples server and client CPU time exactly at the
+//!    window's start and end, and updates the progress bar;
+//! 4. threads stop at the deadline, and their histograms and counters are merged.
+//!
+//! Nothing is shared between client threads on the hot path except each thread's own progress
+//! counter (a relaxed store).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context};
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::clock::{duration_to_ns, now_ns, WallAnchor};
+use crate::config::{LoadConfig, Mode};
+use crate::conn::{self, Arrivals, ConnOutcome, Load, ThreadShared, READ_BUFFER_BYTES};
+use crate::message::{ConnError, ErrorKind, Pattern};
+use crate::pacer::Pacer;
+use crate::record::{add_into, new_histogram, IntervalSnapshot, Recorder, Window};
+use crate::{host, interrupt};
+
+/// How many connects a thread has outstanding at once (keeps SYNs within listen backlogs).
+const CONNECT_BATCH: usize = 128;
+/// How many error descriptions are kept per trial.
+pub const ERROR_SAMPLES: usize = 10;
+/// Gap between "all connected" and the common start.
+const START_DELAY_NS: u64 = 5_000_000;
+
+/// Error counts by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    /// Total of all kinds.
+    pub total: u64,
+    /// Socket errors (reset, broken pipe, ...).
+    pub io: u64,
+    /// Echoed byte differs from the sent byte.
+    pub mismatch: u64,
+    /// Server closed the connection at a message boundary.
+    pub eof: u64,
+    /// Server closed the connection inside a message.
+    pub short: u64,
+    /// Server sent bytes that were never sent.
+    pub unsolicited: u64,
+}
+
+impl ErrorCounts {
+    /// Count one error of `kind`.
+    pub fn add(&mut self, kind: ErrorKind) {
+        self.total += 1;
+        match kind {
+            ErrorKind::Io => self.io += 1,
+            ErrorKind::Mismatch => self.mismatch += 1,
+            ErrorKind::Eof => self.eof += 1,
+            ErrorKind::Short => self.short += 1,
+            ErrorKind::Unsolicited => self.unsolicited += 1,
+        }
+    }
+
+    /// Add all counts of `other`.
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        self.total += other.total;
+        self.io += other.io;
+        self.mismatch += other.mismatch;
+        self.eof += other.eof;
+        self.short += other.short;
+        self.unsolicited += other.unsolicited;
+    }
+
+    /// `(kind, count)` pairs with a non-zero count.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        ErrorKind::ALL
+            .iter()
+            .map(|k| {
+                let n = match k {
+                    ErrorKind::Io => self.io,
+                    ErrorKind::Mismatch => self.mismatch,
+                    ErrorKind::Eof => self.eof,
+                    ErrorKind::Short => self.short,
+                    ErrorKind::Unsolicited => self.unsolicited,
+                };
+                (k.as_str(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// The result of one trial.
+pub struct TrialResult {
+    /// Latency from the intended send time (closed loop: from the send time).
+    pub latency: Histogram<u64>,
+    /// Open loop: latency from the actual send time.
+    pub service: Option<Histogram<u64>>,
+    /// `--hlog` interval snapshots of all threads (indices relative to this trial's window).
+    pub intervals: Vec<IntervalSnapshot>,
+    /// Messages completed inside the measured window.
+    pub measured: u64,
+    /// Messages completed during warmup.
+    pub warmup: u64,
+    /// Messages admitted (sent).
+    pub sent: u64,
+    /// Messages in flight at the deadline.
+    pub aborted: u64,
+    /// Open loop: messages due before the deadline but never sent.
+    pub unsent: u64,
+    /// Errors by kind.
+    pub errors: ErrorCounts,
+    /// The first few error descriptions.
+    pub error_samples: Vec<String>,
+    /// Wall-clock start of the measured window.
+    pub measure_start: SystemTime,
+    /// Length of the measured window, ns.
+    pub measured_ns: u64,
+    /// Server CPU time inside the window (spawned servers only), ns.
+    pub server_cpu_ns: Option<u64>,
+    /// Client (this process) CPU time inside the window, ns.
+    pub client_cpu_ns: u64,
+}
+
+struct ThreadOutput {
+    latency: Histogram<u64>,
+    service: Option<Histogram<u64>>,
+    intervals: Vec<IntervalSnapshot>,
+    measured: u64,
+    warmup: u64,
+    outcomes: Vec<ConnOutcome>,
+}
+
+/// Something whose CPU time is sampled at the window edges (a spawned server).
+pub trait CpuSource {
+    /// Total CPU time so far, ns.
+    fn cpu_ns(&self) -> Option<u64>;
+}
+
+impl CpuSource for crate::spawn::Spawned {
+    fn cpu_ns(&self) -> Option<u64> {
+        crate::spawn::Spawned::cpu_ns(self)
+    }
+}
+
+/// Sleep until monotonic time `until_ns`, in slices, returning early (false) on interrupt.
+fn sleep_until(until_ns: u64, mut tick: impl FnMut()) -> bool {
+    loop {
+        if interrupt::interrupted() {
+            return false;
+        }
+        let now = now_ns();
+        if now >= until_ns {
+            return true;
+        }
+        tick();
+        std::thread::sleep(Duration::from_nanos((until_ns - now).min(50_000_000)));
+    }
+}
+
+/// Run one trial against `addr`.
+pub fn run_trial(
+    cfg: &LoadConfig,
+    addr: SocketAddr,
+    start_at: Option<SystemTime>,
+    server: Option<&dyn CpuSource>,
+    progress: Option<&ProgressBar>,
+) -> anyhow::Result<TrialResult> {
+    let threads = cfg.threads.clamp(1, cfg.connections);
+    let pattern = Arc::new(Pattern::new(cfg.size));
+    let counters: Vec<Arc<AtomicU64>> = (0..threads).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+
+    std::thread::scope(|scope| -> anyhow::Result<TrialResult> {
+        let mut starters = Vec::new();
+        let mut joins = Vec::new();
+        for (t, counter) in counters.iter().enumerate() {
+            let conns: Vec<u32> = (t..cfg.connections)
+                .step_by(threads)
+                .map(|c| c as u32)
+                .collect();
+            let (start_tx, start_rx) = oneshot::channel::<Option<Window>>();
+            starters.push(start_tx);
+            let ready = ready_tx.clone();
+            let pattern = pattern.clone();
+            let counter = counter.clone();
+            let join = std::thread::Builder::new()
+                .name(format!("echo-bench-{t}"))
+                .spawn_scoped(scope, move || {
+                    client_thread(t, conns, cfg, addr, pattern, ready, start_rx, counter)
+                })
+                .context("cannot start client thread")?;
+            joins.push(join);
+        }
+        drop(ready_tx);
+
+        let release = |starters: Vec<oneshot::Sender<Option<Window>>>, window: Option<Window>| {
+            for s in starters {
+                let _ = s.send(window);
+            }
+        };
+
+        // 1. Wait until every thread has connected.
+        let mut first_err = None;
+        let mut ready = 0;
+        while ready < threads {
+            if interrupt::interrupted() {
+                first_err.get_or_insert_with(|| anyhow!("interrupted"));
+                break;
+            }
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(())) => ready += 1,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    first_err.get_or_insert_with(|| {
+                        anyhow!("a client thread stopped before connecting")
+                    });
+                    break;
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            release(starters, None);
+            for j in joins {
+                let _ = j.join();
+            }
+            return Err(e);
+        }
+
+        // 2. Common start.
+        let anchor = WallAnchor::now();
+        let now = now_ns();
+        let warmup_ns = duration_to_ns(cfg.warmup);
+        let (t0_ns, measure_start_ns) = match start_at {
+            Some(wall) => {
+                let ms = anchor.mono_at(wall);
+                if ms <= now {
+                    release(starters, None);
+                    for j in joins {
+                        let _ = j.join();
+                    }
+                    bail!(
+                        "--start-at {} is already in the past once all connections are made",
+                        humantime::format_rfc3339_millis(wall)
+                    );
+                }
+                (
+                    ms.saturating_sub(warmup_ns)
+                        .max(now + START_DELAY_NS)
+                        .min(ms),
+                    ms,
+                )
+            }
+            None => (now + START_DELAY_NS, now + START_DELAY_NS + warmup_ns),
+        };
+        let window = Window {
+            t0_ns,
+            measure_start_ns,
+            end_ns: measure_start_ns + duration_to_ns(cfg.duration),
+        };
+        release(starters, Some(window));
+
+        // 3. Sample CPU time at the window edges, show progress.
+        let total_ns = (window.end_ns - window.t0_ns).max(1);
+        let tick = || {
+            if let Some(pb) = progress {
+                let done: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+                let elapsed = now_ns().saturating_sub(window.t0_ns);
+                pb.set_position(elapsed.min(total_ns) * 1000 / total_ns);
+                let secs = elapsed as f64 / 1e9;
+                if secs > 0.0 {
+                    pb.set_message(format!("{:.0} msgs/s", done as f64 / secs));
+                }
+            }
+        };
+        let mut completed_wait = sleep_until(window.measure_start_ns, tick);
+        let server_start = server.and_then(|s| s.cpu_ns());
+        let client_start = host::self_cpu_ns();
+        if completed_wait {
+            completed_wait = sleep_until(window.end_ns, tick);
+        }
+        let server_end = server.and_then(|s| s.cpu_ns());
+        let client_end = host::self_cpu_ns();
+        tick();
+
+        // 4. Collect.
+        let mut outputs = Vec::new();
+        let mut thread_err = None;
+        for j in joins {
+            match j.join() {
+                Ok(Ok(Some(out))) => outputs.push(out),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    thread_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    thread_err.get_or_insert_with(|| anyhow!("a client thread panicked"));
+                }
+            }
+        }
+        if !completed_wait || interrupt::interrupted() {
+            bail!("interrupted");
+        }
+        if let Some(e) = thread_err {
+            return Err(e);
+        }
+
+        let open = matches!(cfg.mode, Mode::Open { .. });
+        let mut result = TrialResult {
+            latency: new_histogram(),
+            service: open.then(new_histogram),
+            intervals: Vec::new(),
+            measured: 0,
+            warmup: 0,
+            sent: 0,
+            aborted: 0,
+            unsent: 0,
+            errors: ErrorCounts::default(),
+            error_samples: Vec::new(),
+            measure_start: anchor.wall_at(window.measure_start_ns),
+            measured_ns: window.end_ns - window.measure_start_ns,
+            server_cpu_ns: match (server_start, server_end) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
+            client_cpu_ns: client_end.saturating_sub(client_start),
+        };
+        let mut errors: Vec<ConnError> = Vec::new();
+        for out in outputs {
+            add_into(&mut result.latency, &out.latency);
+            if let (Some(dst), Some(src)) = (result.service.as_mut(), out.service.as_ref()) {
+                add_into(dst, src);
+            }
+            result.intervals.extend(out.intervals);
+            result.measured += out.measured;
+            result.warmup += out.warmup;
+            for o in out.outcomes {
+                result.sent += o.sent;
+                result.aborted += o.aborted;
+                result.unsent += o.unsent;
+                if let Some(e) = o.error {
+                    result.errors.add(e.kind());
+                    errors.push(e);
+                }
+            }
+        }
+        errors.sort_by_key(|e| match e {
+            ConnError::Io { conn, .. }
+            | ConnError::Mismatch { conn, .. }
+            | ConnError::Eof { conn, .. }
+            | ConnError::Short { conn, .. }
+            | ConnError::Unsolicited { conn, .. } => *conn,
+        });
+        result.error_samples = errors
+            .iter()
+            .take(ERROR_SAMPLES)
+            .map(ToString::to_string)
+            .collect();
+        Ok(result)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn client_thread(
+    t: usize,
+    conns: Vec<u32>,
+    cfg: &LoadConfig,
+    addr: SocketAddr,
+    pattern: Arc<Pattern>,
+    ready: mpsc::Sender<anyhow::Result<()>>,
+    start: oneshot::Receiver<Option<Window>>,
+    progress: Arc<AtomicU64>,
+) -> anyhow::Result<Option<ThreadOutput>> {
+    let setup = || -> anyhow::Result<tokio::runtime::Runtime> {
+        if let Some(cpus) = &cfg.client_cpus {
+            let cpu = cpus[t % cpus.len()];
+            host::pin_current_thread(&[cpu])
+                .with_context(|| format!("cannot pin client thread {t} to CPU {cpu}"))?;
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot build tokio runtime")
+    };
+    let rt = match setup() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(None);
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        // 1. Connect.
+        let mut streams = Vec::with_capacity(conns.len());
+        for batch in conns.chunks(CONNECT_BATCH) {
+            let tasks: Vec<_> = batch
+                .iter()
+                .map(|_| {
+                    tokio::task::spawn_local(tokio::time::timeout(
+                        cfg.connect_timeout,
+                        TcpStream::connect(addr),
+                    ))
+                })
+                .collect();
+            for task in tasks {
+                let res = task.await.expect("connect task does not panic");
+                let err = match res {
+                    Ok(Ok(stream)) => match stream.set_nodelay(true) {
+                        Ok(()) => {
+                            streams.push(stream);
+                            continue;
+                        }
+                        Err(e) => anyhow!("cannot set TCP_NODELAY on a connection to {addr}: {e}"),
+                    },
+                    Ok(Err(e)) => anyhow!("cannot connect to {addr}: {e}"),
+                    Err(_) => anyhow!(
+                        "cannot connect to {addr}: timed out after {}",
+                        humantime::format_duration(cfg.connect_timeout)
+                    ),
+                };
+                let _ = ready.send(Err(err));
+                return Ok(None);
+            }
+        }
+        let _ = ready.send(Ok(()));
+        drop(ready);
+
+        // 2. Wait for the common start.
+        let window = match start.await {
+            Ok(Some(w)) => w,
+            _ => return Ok(None),
+        };
+
+        // 3. Run.
+        let open = matches!(cfg.mode, Mode::Open { .. });
+        let pacer = if open {
+            let p = Pacer::new().context("cannot create the open-loop timer (timerfd)")?;
+            tokio::task::spawn_local(p.clone().run());
+            Some(p)
+        } else {
+            None
+        };
+        let shared = Rc::new(ThreadShared {
+            pattern,
+            recorder: std::cell::RefCell::new(Recorder::new(
+                window,
+                open,
+                cfg.interval.map(duration_to_ns),
+            )),
+            rbuf: std::cell::RefCell::new(vec![0u8; READ_BUFFER_BYTES].into_boxed_slice()),
+            pacer,
+            progress,
+            window,
+        });
+        let n_conns = cfg.connections as u32;
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .zip(conns)
+            .map(|(stream, id)| {
+                let load = match cfg.mode {
+                    Mode::Closed { pipeline } => Load::Closed { pipeline },
+                    Mode::Open { rate, arrival } => Load::Open(Arrivals::new(
+                        arrival,
+                        window.t0_ns,
+                        rate / f64::from(n_conns),
+                        id,
+                        n_conns,
+                        cfg.seed,
+                    )),
+                };
+                tokio::task::spawn_local(conn::drive(stream, id, shared.clone(), load))
+            })
+            .collect();
+        let all = async {
+            let mut outcomes = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                outcomes.push(task.await.expect("connection task does not panic"));
+            }
+            outcomes
+        };
+        let watch_interrupt = async {
+            while !interrupt::interrupted() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let outcomes = tokio::select! {
+            o = all => o,
+            _ = watch_interrupt => return Ok(None),
+        };
+        let shared =
+            Rc::try_unwrap(shared).map_err(|_| anyhow!("connection state still referenced"))?;
+        let recorded = shared.recorder.into_inner().finish();
+        Ok(Some(ThreadOutput {
+            latency: recorded.latency,
+            service: recorded.service,
+            intervals: recorded.intervals,
+            measured: recorded.measured,
+            warmup: recorded.warmup,
+            outcomes,
+        }))
+    })
+}

@@ -1,0 +1,320 @@
+//! The benchmark command: start spawned servers, run the interleaved rounds, print the
+//! summary and comparison, write the output files.
+//!
+//! Ordering rules: every round runs each target once, in an order shuffled per round with the
+//! seeded RNG; a round that produced verification or connection errors ends the run (the
+//! results so far are still printed and written, and the exit code is 1). Spawned servers are
+//! owned by [`Spawned`] guards and are stopped on every path out of [`run`].
+
+use std::io::{IsTerminal, Write};
+use std::time::SystemTime;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::config::{check_outputs, per_target_path, BenchConfig, Mode, TargetKind};
+use crate::load::{self, CpuSource, TrialResult};
+use crate::plot::{self, PlotLine};
+use crate::record::{add_into, merge_intervals, MergedIntervals};
+use crate::report::{self, RoundRecord, TargetRun};
+use crate::spawn::Spawned;
+use crate::{host, write_file};
+
+fn progress_bar(cfg: &BenchConfig, label: &str) -> Option<ProgressBar> {
+    if cfg.quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::new(1000);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {percent:>3}% {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_string());
+    Some(pb)
+}
+
+fn absorb(
+    run: &mut TargetRun,
+    res: TrialResult,
+    round: usize,
+    position: usize,
+    size: usize,
+    keep_intervals: bool,
+) {
+    add_into(&mut run.latency, &res.latency);
+    if let (Some(dst), Some(src)) = (run.service.as_mut(), res.service.as_ref()) {
+        add_into(dst, src);
+    }
+    if keep_intervals {
+        let mut merged = MergedIntervals::new();
+        merge_intervals(&mut merged, &res.intervals);
+        run.intervals
+            .push((res.measure_start, res.measured_ns, merged));
+    }
+    let t = &mut run.totals;
+    t.messages += res.measured;
+    t.warmup_messages += res.warmup;
+    t.sent += res.sent;
+    t.aborted += res.aborted;
+    t.unsent += res.unsent;
+    t.measured_ns += res.measured_ns;
+    t.client_cpu_ns += res.client_cpu_ns;
+    if let Some(s) = res.server_cpu_ns {
+        t.server_cpu_ns = Some(t.server_cpu_ns.unwrap_or(0) + s);
+    }
+    t.errors.merge(&res.errors);
+    for s in res.error_samples {
+        if run.error_samples.len() < load::ERROR_SAMPLES {
+            run.error_samples.push(s);
+        }
+    }
+    let per_s = if res.measured_ns > 0 {
+        res.measured as f64 * 1e9 / res.measured_ns as f64
+    } else {
+        0.0
+    };
+    let per_msg = |ns: Option<u64>| match ns {
+        Some(ns) if res.measured > 0 => Some(ns as f64 / res.measured as f64),
+        _ => None,
+    };
+    let q = |x: f64| {
+        if res.latency.is_empty() {
+            0.0
+        } else {
+            report::us(res.latency.value_at_quantile(x))
+        }
+    };
+    run.rounds.push(RoundRecord {
+        round,
+        position,
+        measure_start: humantime::format_rfc3339_micros(res.measure_start).to_string(),
+        duration_s: res.measured_ns as f64 / 1e9,
+        messages: res.measured,
+        msgs_per_s: per_s,
+        mib_per_s: per_s * size as f64 / (1024.0 * 1024.0),
+        aborted: res.aborted,
+        unsent: res.unsent,
+        errors: res.errors.total,
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        server_cpu_ns_per_msg: per_msg(res.server_cpu_ns),
+        client_cpu_ns_per_msg: per_msg(Some(res.client_cpu_ns)),
+    });
+}
+
+/// Run the benchmark described by `cfg`; returns the exit code (0, or 1 when errors occurred).
+pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
+    check_outputs(&cfg.output_paths(), cfg.outputs.force)?;
+    crate::interrupt::install();
+    if let Some(cpus) = &cfg.load.client_cpus {
+        // The coordinating thread mostly sleeps, but keep it off the server's CPUs too.
+        host::pin_current_thread(cpus).context("cannot pin echo-bench to --client-cpus")?;
+    }
+    let open = matches!(cfg.load.mode, Mode::Open { .. });
+
+    // Start servers first: a server that fails to start fails the run before any load.
+    let mut servers: Vec<Option<Spawned>> = Vec::new();
+    let mut runs: Vec<TargetRun> = Vec::new();
+    for t in &cfg.targets {
+        match &t.kind {
+            TargetKind::Address { addr } => {
+                servers.push(None);
+                runs.push(TargetRun::new(t.name.clone(), *addr, None, open));
+            }
+            TargetKind::Spawn { command, argv } => {
+                let s = Spawned::start(
+                    &t.name,
+                    command,
+                    argv,
+                    cfg.server_cpus.as_deref(),
+                    cfg.spawn_timeout,
+                )?;
+                if !cfg.quiet {
+                    eprintln!(
+                        "started {}: pid {} listening on {}",
+                        t.name,
+                        s.pid().unwrap_or(0),
+                        s.addr
+                    );
+                }
+                runs.push(TargetRun::new(
+                    t.name.clone(),
+                    s.addr,
+                    Some(command.clone()),
+                    open,
+                ));
+                servers.push(Some(s));
+            }
+        }
+    }
+
+    let n = runs.len();
+    let many_trials = n > 1 || cfg.rounds > 1;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut first_start: Option<SystemTime> = None;
+    let mut incomplete = false;
+    'rounds: for round in 1..=cfg.rounds {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        for (pos, &i) in order.iter().enumerate() {
+            let label = if many_trials {
+                format!("{} r{round}/{}", runs[i].name, cfg.rounds)
+            } else {
+                runs[i].name.clone()
+            };
+            let pb = progress_bar(&cfg, &label);
+            let cpu: Option<&dyn CpuSource> = servers[i].as_ref().map(|s| s as &dyn CpuSource);
+            let res = load::run_trial(&cfg.load, runs[i].address, cfg.start_at, cpu, pb.as_ref());
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            if let Some(s) = servers[i].as_mut() {
+                // A dead server explains connection errors better than the errors themselves.
+                s.check_alive()?;
+            }
+            let res = res?;
+            first_start.get_or_insert(res.measure_start);
+            let errors = res.errors.total;
+            absorb(
+                &mut runs[i],
+                res,
+                round,
+                pos + 1,
+                cfg.load.size,
+                cfg.load.interval.is_some(),
+            );
+            if many_trials && !cfg.quiet {
+                let r = runs[i].rounds.last().expect("just pushed");
+                let cpu = r
+                    .server_cpu_ns_per_msg
+                    .map(|c| format!("  server {:.3} µs/msg", c / 1000.0))
+                    .unwrap_or_default();
+                eprintln!(
+                    "round {round}/{}  {:<12} {:>12.1} msgs/s  p50 {:.1} µs  p99 {:.1} µs{cpu}{}",
+                    cfg.rounds,
+                    runs[i].name,
+                    r.msgs_per_s,
+                    r.p50_us,
+                    r.p99_us,
+                    if errors > 0 {
+                        format!("  {errors} errors")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if errors > 0 {
+                incomplete = round < cfg.rounds || pos + 1 < n;
+                break 'rounds;
+            }
+        }
+    }
+
+    for (s, r) in servers.iter_mut().zip(runs.iter_mut()) {
+        if let Some(s) = s.as_mut() {
+            r.server_summary = s.stop();
+        }
+    }
+    drop(servers);
+
+    let errors_total: u64 = runs.iter().map(|r| r.totals.errors.total).sum();
+    let exit_code = u8::from(errors_total > 0);
+
+    // Text summary.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", report::header_line(&cfg))?;
+    for r in &runs {
+        report::print_target(&mut out, &cfg, r)?;
+    }
+    if let Some(c) = report::comparison(&runs) {
+        report::print_comparison(&mut out, &c)?;
+    }
+    if incomplete {
+        writeln!(
+            out,
+            "run stopped early after errors; remaining rounds were not run"
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    for r in &runs {
+        if let Some(w) = report::shortfall_warning(&cfg, r) {
+            eprintln!("echo-bench: {w}");
+        }
+    }
+    if errors_total > 0 {
+        let first = runs.iter().flat_map(|r| r.error_samples.first()).next();
+        eprintln!(
+            "echo-bench: {errors_total} connection error(s){}",
+            first.map(|f| format!("; first: {f}")).unwrap_or_default()
+        );
+    }
+
+    // Files.
+    let force = cfg.outputs.force;
+    if let Some(path) = &cfg.outputs.json {
+        let json = report::json_report(
+            &cfg,
+            &runs,
+            first_start.unwrap_or_else(SystemTime::now),
+            incomplete,
+            exit_code,
+        );
+        let mut buf = serde_json::to_vec_pretty(&json)?;
+        buf.push(b'\n');
+        write_file(path, &buf, force)?;
+    }
+    if let Some(path) = &cfg.outputs.hgrm {
+        for r in &runs {
+            let mut buf = Vec::new();
+            report::write_hgrm(&mut buf, &r.latency, report::HGRM_NS_PER_UNIT)?;
+            write_file(&per_target_path(path, &r.name, n), &buf, force)?;
+        }
+    }
+    if let (Some(path), Some(interval)) = (&cfg.outputs.hlog, cfg.load.interval) {
+        for r in &runs {
+            let mut buf = Vec::new();
+            report::write_hlog(&mut buf, r, crate::clock::duration_to_ns(interval))?;
+            write_file(&per_target_path(path, &r.name, n), &buf, force)?;
+        }
+    }
+    if let Some(path) = &cfg.outputs.plot {
+        let mut lines = Vec::new();
+        for (i, r) in runs.iter().enumerate() {
+            lines.push(PlotLine {
+                label: if open {
+                    format!("{} (from intended time)", r.name)
+                } else {
+                    r.name.clone()
+                },
+                histogram: &r.latency,
+                dashed: false,
+                color: i,
+            });
+            if let Some(svc) = &r.service {
+                lines.push(PlotLine {
+                    label: format!("{} (service time)", r.name),
+                    histogram: svc,
+                    dashed: true,
+                    color: i,
+                });
+            }
+        }
+        let title = format!(
+            "echo latency by percentile: {} connections, {} B{}",
+            cfg.load.connections,
+            cfg.load.size,
+            match cfg.load.mode {
+                Mode::Open { rate, .. } => format!(", {rate:.0} msgs/s"),
+                Mode::Closed { pipeline } => format!(", closed loop, pipeline {pipeline}"),
+            }
+        );
+        let svg = plot::render_svg(&title, &lines)?;
+        write_file(path, svg.as_bytes(), force)?;
+    }
+    Ok(exit_code)
+}
