@@ -58,7 +58,7 @@ impl fmt::Display for RuntimeKind {
 #[derive(Debug, Parser)]
 #[command(name = "uring-echo", version)]
 pub struct Cli {
-    /// I/O engine: io_uring (tokio-uring) or epoll (tokio)
+    /// I/O engine (same echo semantics and limits on each)
     #[arg(long, value_enum, default_value_t = RuntimeKind::Uring)]
     pub runtime: RuntimeKind,
 
@@ -115,7 +115,8 @@ pub struct Cli {
 
     /// Close a connection after SECS without progress (0 = never); also 500ms, 2m...
     ///
-    /// The timer restarts with every read or write that completes. The peer sees a FIN.
+    /// The timer restarts with every read or write that completes. The peer sees a FIN (or a
+    /// reset, if it had sent data the server never read).
     #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
     pub idle_timeout: Duration,
 
