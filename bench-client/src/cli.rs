@@ -149,7 +149,9 @@ pub struct BenchArgs {
     #[arg(short = 's', long, value_name = "BYTES", value_parser = parse_message_size)]
     pub size: Option<usize>,
 
-    /// Closed loop: messages in flight per connection [default: 1].
+    /// Messages in flight per connection [default: 1]. Closed loop: sends whenever fewer are
+    /// outstanding. Open loop: a due message waits while N are outstanding (the connection
+    /// falls behind, then catches up; its latency still counts from the intended time).
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub pipeline: Option<usize>,
 

@@ -31,11 +31,8 @@ pub const DEFAULT_COMPARISON_WARMUP: Duration = Duration::from_millis(500);
 /// Closed or open loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
-    /// Each connection keeps `pipeline` messages in flight.
-    Closed {
-        /// Messages in flight per connection.
-        pipeline: usize,
-    },
+    /// Each connection sends as soon as fewer than `pipeline` messages are in flight.
+    Closed,
     /// Messages are sent at `rate` per second in total, on the given arrival process.
     Open {
         /// Total messages per second per target.
@@ -54,6 +51,8 @@ pub struct LoadConfig {
     pub size: usize,
     /// Closed or open loop.
     pub mode: Mode,
+    /// Messages in flight per connection (at most).
+    pub pipeline: usize,
     /// Client threads.
     pub threads: usize,
     /// Warmup.
@@ -307,18 +306,11 @@ impl BenchConfig {
         }
         let size = args.size.unwrap_or(DEFAULT_SIZE);
         let mode = match args.rate {
-            Some(rate) => {
-                if args.pipeline.is_some() {
-                    bail!("--pipeline applies to the closed loop only; with --rate every due message is sent");
-                }
-                Mode::Open {
-                    rate,
-                    arrival: args.arrival.unwrap_or(Arrival::Constant),
-                }
-            }
-            None => Mode::Closed {
-                pipeline: args.pipeline.unwrap_or(1),
+            Some(rate) => Mode::Open {
+                rate,
+                arrival: args.arrival.unwrap_or(Arrival::Constant),
             },
+            None => Mode::Closed,
         };
         let client_cpu_count = client_cpus.as_ref().map_or(allowed.len().max(1), Vec::len);
         let threads = args
@@ -338,6 +330,7 @@ impl BenchConfig {
                 connections,
                 size,
                 mode,
+                pipeline: args.pipeline.unwrap_or(1),
                 threads,
                 warmup,
                 duration,
@@ -423,7 +416,8 @@ mod tests {
         assert!(!c.default_comparison);
         assert_eq!(c.load.connections, 50);
         assert_eq!(c.load.size, 128);
-        assert_eq!(c.load.mode, Mode::Closed { pipeline: 1 });
+        assert_eq!(c.load.mode, Mode::Closed);
+        assert_eq!(c.load.pipeline, 1);
         assert_eq!(c.load.duration, DEFAULT_DURATION);
         assert_eq!(c.rounds, 1);
         assert_eq!(c.targets[0].name, "127.0.0.1:7000");
@@ -440,7 +434,8 @@ mod tests {
                 arrival: Arrival::Poisson
             }
         );
-        assert!(config(&["--rate", "10", "--pipeline", "2", "127.0.0.1:1"]).is_err());
+        let c = config(&["--rate", "10", "--pipeline", "2", "127.0.0.1:1"]).unwrap();
+        assert_eq!(c.load.pipeline, 2);
         assert!(config(&["--start-at", "1767225600", "--rounds", "2", "127.0.0.1:1"]).is_err());
         assert!(config(&["--name", "a", "--name", "b", "127.0.0.1:1"]).is_err());
         assert!(config(&["--name", "a b", "127.0.0.1:1"]).is_err());

@@ -8,12 +8,17 @@
 //! (it is only used inside one synchronous poll) and are verified in place, streaming.
 //!
 //! A message is *admitted* when its first byte is generated: that instant is its send time.
-//! Closed loop admits while fewer than `pipeline` messages are outstanding; open loop admits
-//! every message whose intended time has passed — when the connection is behind it sends
-//! immediately, but its latency is still measured from the intended time.
+//! At most `pipeline` messages are outstanding per connection (default 1). Closed loop admits
+//! as soon as that allows; open loop admits a message once its intended time has passed *and*
+//! the pipeline has room. A connection whose echoes are slower than its schedule therefore
+//! falls behind and then sends immediately (catching up), while its latency is still measured
+//! from the intended time: a server stall shows up in every message that was due during it
+//! (intended-time latency), but only in the few messages that were actually in flight
+//! (service time). This is wrk2's model; `--pipeline N` allows N outstanding.
 //!
 //! At the deadline the connection stops: admitted but unfinished messages are `aborted`,
-//! open-loop messages that were due but never admitted are `unsent`.
+//! open-loop messages that were due but never admitted are `unsent`. It then half-closes and
+//! drains the remaining echoes (bounded by [`DRAIN_TIMEOUT`]) so the server sees a clean close.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -39,6 +44,8 @@ use crate::record::{Recorder, Window};
 
 /// Bytes of the per-thread read buffer.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a connection waits, after the deadline, for the server to close its side.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Upper bound of a connection's staging (write) buffer.
 pub const MAX_STAGING_BYTES: usize = 64 * 1024;
 
@@ -133,14 +140,11 @@ impl Arrivals {
 }
 
 /// How a connection generates load.
-pub enum Load {
-    /// Keep `pipeline` messages outstanding.
-    Closed {
-        /// Messages in flight.
-        pipeline: usize,
-    },
-    /// Send on a schedule.
-    Open(Arrivals),
+pub struct Load {
+    /// At most this many messages outstanding (sent, echo not complete).
+    pub pipeline: usize,
+    /// Open loop: the send schedule; `None` is the closed loop (send as soon as allowed).
+    pub arrivals: Option<Arrivals>,
 }
 
 /// What one connection did.
@@ -171,11 +175,8 @@ pub async fn drive(
     let window = shared.window;
     let pattern = shared.pattern.clone();
     let size = pattern.size();
-    let batch = match &load {
-        Load::Closed { pipeline } => *pipeline,
-        Load::Open(_) => 64,
-    };
-    let wcap = staging_bytes(size, batch);
+    let pipeline = load.pipeline.max(1);
+    let wcap = staging_bytes(size, pipeline);
     let mut wbuf = vec![0u8; wcap].into_boxed_slice();
     let (mut wpos, mut wlen) = (0usize, 0usize);
     // Generation pointer: next byte to stage is byte `gen_off` of message `gen_seq`.
@@ -185,10 +186,10 @@ pub async fn drive(
     let (mut rx_seq, mut rx_off) = (0u64, 0usize);
     let (mut written, mut received) = (0u64, 0u64);
     // (intended_ns, sent_ns) of messages rx_seq..admitted.
-    let mut times: VecDeque<(u64, u64)> = VecDeque::with_capacity(batch.min(4096));
-    let mut next_intended = match &mut load {
-        Load::Open(arrivals) => arrivals.next_ns(),
-        Load::Closed { .. } => window.t0_ns,
+    let mut times: VecDeque<(u64, u64)> = VecDeque::with_capacity(pipeline.min(4096));
+    let mut next_intended = match &mut load.arrivals {
+        Some(arrivals) => arrivals.next_ns(),
+        None => window.t0_ns,
     };
     let mut pacer_due = u64::MAX;
 
@@ -196,7 +197,7 @@ pub async fn drive(
         window.end_ns.saturating_sub(now_ns()),
     ));
     tokio::pin!(deadline);
-    if let Load::Closed { .. } = load {
+    if load.arrivals.is_none() {
         let wait = window.t0_ns.saturating_sub(now_ns());
         if wait > 0 {
             tokio::time::sleep(std::time::Duration::from_nanos(wait)).await;
@@ -215,17 +216,12 @@ pub async fn drive(
 
             // Admit and stage new messages.
             loop {
-                if gen_seq != admitted || wlen >= wcap {
+                if gen_seq != admitted || wlen >= wcap || (admitted - rx_seq) as usize >= pipeline {
                     break;
                 }
-                match &mut load {
-                    Load::Closed { pipeline } => {
-                        if (admitted - rx_seq) as usize >= *pipeline {
-                            break;
-                        }
-                        times.push_back((now, now));
-                    }
-                    Load::Open(arrivals) => {
+                match &mut load.arrivals {
+                    None => times.push_back((now, now)),
+                    Some(arrivals) => {
                         if next_intended > now {
                             break;
                         }
@@ -352,8 +348,14 @@ pub async fn drive(
                 continue;
             }
             // Nothing moved: make sure something will wake us.
-            if let (Load::Open(_), Some(pacer)) = (&load, shared.pacer.as_ref()) {
-                if gen_seq == admitted && wlen < wcap && next_intended != pacer_due {
+            if let (Some(_), Some(pacer)) = (&load.arrivals, shared.pacer.as_ref()) {
+                // Only when time is what holds the next message back (a full pipeline or a
+                // full socket wakes us through the socket).
+                if gen_seq == admitted
+                    && wlen < wcap
+                    && ((admitted - rx_seq) as usize) < pipeline
+                    && next_intended != pacer_due
+                {
                     pacer.wake_at(next_intended, cx.waker());
                     pacer_due = next_intended;
                 }
@@ -372,8 +374,22 @@ pub async fn drive(
     };
     match result {
         Ok(()) => {
+            // Close politely after the window: FIN, then swallow the echoes still on their way
+            // until the server closes too. Dropping a socket with unread data would send an RST,
+            // which the server would (rightly) count as a reset error.
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = stream.shutdown().await;
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
             outcome.aborted = admitted - rx_seq;
-            if let Load::Open(arrivals) = &mut load {
+            if let Some(arrivals) = &mut load.arrivals {
                 let mut t = next_intended;
                 while t < window.end_ns {
                     outcome.unsent += 1;

@@ -471,16 +471,19 @@ fn client_thread(
             .into_iter()
             .zip(conns)
             .map(|(stream, id)| {
-                let load = match cfg.mode {
-                    Mode::Closed { pipeline } => Load::Closed { pipeline },
-                    Mode::Open { rate, arrival } => Load::Open(Arrivals::new(
-                        arrival,
-                        window.t0_ns,
-                        rate / f64::from(n_conns),
-                        id,
-                        n_conns,
-                        cfg.seed,
-                    )),
+                let load = Load {
+                    pipeline: cfg.pipeline,
+                    arrivals: match cfg.mode {
+                        Mode::Closed => None,
+                        Mode::Open { rate, arrival } => Some(Arrivals::new(
+                            arrival,
+                            window.t0_ns,
+                            rate / f64::from(n_conns),
+                            id,
+                            n_conns,
+                            cfg.seed,
+                        )),
+                    },
                 };
                 tokio::task::spawn_local(conn::drive(stream, id, shared.clone(), load))
             })

@@ -79,6 +79,7 @@ pub fn render_svg(title: &str, lines: &[PlotLine<'_>]) -> anyhow::Result<String>
             let mut chart = ChartBuilder::on(&root)
                 .caption(title, ("sans-serif", 22))
                 .margin(20)
+                .margin_right(60)
                 .x_label_area_size(45)
                 .y_label_area_size(80)
                 .build_cartesian_2d(0f64..cap, 0f64..y_max)?;
@@ -88,6 +89,13 @@ pub fn render_svg(title: &str, lines: &[PlotLine<'_>]) -> anyhow::Result<String>
                 .y_desc("Latency (µs)")
                 .x_labels(cap as usize + 1)
                 .x_label_formatter(&|x| percentile_label(*x))
+                .y_label_formatter(&|y| {
+                    if y_max < 100.0 {
+                        format!("{y:.1}")
+                    } else {
+                        format!("{y:.0}")
+                    }
+                })
                 .draw()?;
             for line in lines {
                 let color = Palette99::pick(line.color).to_rgba();

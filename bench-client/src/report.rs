@@ -78,6 +78,8 @@ pub struct TargetRun {
     pub spawn_command: Option<String>,
     /// The server's `summary:` line at exit (spawned servers).
     pub server_summary: Option<String>,
+    /// PID of the spawned server.
+    pub server_pid: Option<u32>,
     /// Per-round records.
     pub rounds: Vec<RoundRecord>,
     /// Merged latency histogram.
@@ -128,6 +130,7 @@ impl TargetRun {
             address,
             spawn_command,
             server_summary: None,
+            server_pid: None,
             rounds: Vec::new(),
             latency: new_histogram(),
             service: open.then(new_histogram),
@@ -230,6 +233,8 @@ pub struct TargetJson {
     pub spawn_command: Option<String>,
     /// Server's `summary:` line (spawned servers), else null.
     pub server_summary: Option<String>,
+    /// PID of the spawned server, else null.
+    pub server_pid: Option<u32>,
     /// Messages completed inside the measured windows.
     pub messages: u64,
     /// Completed during warmup (not recorded).
@@ -395,8 +400,8 @@ pub struct ConfigJson {
     pub connections: usize,
     /// Message size, bytes.
     pub size_bytes: usize,
-    /// Closed loop: messages in flight per connection.
-    pub pipeline: Option<usize>,
+    /// Messages in flight per connection (at most).
+    pub pipeline: usize,
     /// Open loop: total messages per second per target.
     pub rate: Option<f64>,
     /// Open loop: arrival process.
@@ -474,7 +479,7 @@ pub fn rate_check(cfg: &BenchConfig, t: &TargetRun) -> (Option<f64>, Option<f64>
             let ratio = t.msgs_per_s() / rate;
             (Some(rate), Some(ratio), ratio < 0.99)
         }
-        Mode::Closed { .. } => (None, None, false),
+        Mode::Closed => (None, None, false),
     }
 }
 
@@ -503,6 +508,7 @@ pub fn json_report(
                 address: t.address.to_string(),
                 spawn_command: t.spawn_command.clone(),
                 server_summary: t.server_summary.clone(),
+                server_pid: t.server_pid,
                 messages: t.totals.messages,
                 warmup_messages: t.totals.warmup_messages,
                 sent: t.totals.sent,
@@ -535,9 +541,10 @@ pub fn json_report(
             }
         })
         .collect();
-    let (pipeline, rate, arrival) = match cfg.load.mode {
-        Mode::Closed { pipeline } => (Some(pipeline), None, None),
-        Mode::Open { rate, arrival } => (None, Some(rate), Some(arrival)),
+    let pipeline = cfg.load.pipeline;
+    let (rate, arrival) = match cfg.load.mode {
+        Mode::Closed => (None, None),
+        Mode::Open { rate, arrival } => (Some(rate), Some(arrival)),
     };
     JsonReport {
         schema_version: SCHEMA_VERSION,
@@ -615,13 +622,14 @@ fn latency_line(h: &Histogram<u64>) -> String {
 pub fn header_line(cfg: &BenchConfig) -> String {
     let l = &cfg.load;
     let mode = match l.mode {
-        Mode::Closed { pipeline } => format!("closed loop (pipeline {pipeline})"),
+        Mode::Closed => format!("closed loop (pipeline {})", l.pipeline),
         Mode::Open { rate, arrival } => format!(
-            "open loop ({rate:.0} msgs/s, {} arrivals)",
+            "open loop ({rate:.0} msgs/s, {} arrivals, pipeline {})",
             match arrival {
                 crate::config::Arrival::Constant => "constant",
                 crate::config::Arrival::Poisson => "poisson",
-            }
+            },
+            l.pipeline
         ),
     };
     format!(
@@ -656,11 +664,11 @@ pub fn shortfall_warning(cfg: &BenchConfig, t: &TargetRun) -> Option<String> {
 
 /// Print the human summary of one target.
 pub fn print_target<W: Write>(w: &mut W, cfg: &BenchConfig, t: &TargetRun) -> io::Result<()> {
-    let origin = match &t.spawn_command {
-        Some(cmd) => format!("{}, spawned: {cmd}", t.address),
-        None => t.address.to_string(),
-    };
-    writeln!(w, "== {} ({origin})", t.name)?;
+    match &t.spawn_command {
+        Some(cmd) => writeln!(w, "== {} ({}, spawned: {cmd})", t.name, t.address)?,
+        None if t.name == t.address.to_string() => writeln!(w, "== {}", t.name)?,
+        None => writeln!(w, "== {} ({})", t.name, t.address)?,
+    }
     let tot = &t.totals;
     let rounds = t.rounds.len();
     writeln!(

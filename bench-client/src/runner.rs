@@ -141,12 +141,9 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
                         s.addr
                     );
                 }
-                runs.push(TargetRun::new(
-                    t.name.clone(),
-                    s.addr,
-                    Some(command.clone()),
-                    open,
-                ));
+                let mut run = TargetRun::new(t.name.clone(), s.addr, Some(command.clone()), open);
+                run.server_pid = s.pid();
+                runs.push(run);
                 servers.push(Some(s));
             }
         }
@@ -310,7 +307,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
             cfg.load.size,
             match cfg.load.mode {
                 Mode::Open { rate, .. } => format!(", {rate:.0} msgs/s"),
-                Mode::Closed { pipeline } => format!(", closed loop, pipeline {pipeline}"),
+                Mode::Closed => format!(", closed loop, pipeline {}", cfg.load.pipeline),
             }
         );
         let svg = plot::render_svg(&title, &lines)?;

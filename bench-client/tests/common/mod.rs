@@ -1,0 +1,242 @@
+//! Shared test helpers: small misbehaving echo servers on 127.0.0.1:0 (std threads), and a
+//! runner for the real `echo-bench` binary with a hard timeout.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_echo-bench");
+
+/// What a test server does with the bytes it reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Behavior {
+    /// Echo everything.
+    Echo,
+    /// Sleep this long before echoing each chunk read.
+    Delay(Duration),
+    /// Echo normally, except that every connection stops echoing for `stall` once, starting
+    /// `after` the first byte the server received on any connection.
+    StallOnce { after: Duration, stall: Duration },
+    /// Flip the byte at this offset of every connection's byte stream.
+    CorruptAt(u64),
+    /// Echo this many bytes of every connection, then close it.
+    CloseAfter(u64),
+    /// Echo this many bytes, then reset the connection (SO_LINGER 0).
+    ResetAfter(u64),
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(behavior: Behavior) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let first_byte: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let first_byte = first_byte.clone();
+                std::thread::spawn(move || serve(stream, behavior, &first_byte));
+            }
+        });
+        TestServer {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Unblock accept().
+        let _ = TcpStream::connect(self.addr);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, behavior: Behavior, first_byte: &OnceLock<Instant>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos: u64 = 0;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let first = *first_byte.get_or_init(Instant::now);
+        let chunk = &mut buf[..n];
+        match behavior {
+            Behavior::Echo => {}
+            Behavior::Delay(d) => std::thread::sleep(d),
+            Behavior::StallOnce { after, stall } => {
+                let (from, to) = (first + after, first + after + stall);
+                let now = Instant::now();
+                if now >= from && now < to {
+                    std::thread::sleep(to - now);
+                }
+            }
+            Behavior::CorruptAt(off) => {
+                if off >= pos && off < pos + n as u64 {
+                    chunk[(off - pos) as usize] ^= 0xff;
+                }
+            }
+            Behavior::CloseAfter(limit) | Behavior::ResetAfter(limit) => {
+                let allowed = limit.saturating_sub(pos).min(n as u64) as usize;
+                let _ = stream.write_all(&chunk[..allowed]);
+                if pos + n as u64 >= limit {
+                    if let Behavior::ResetAfter(_) = behavior {
+                        let _ = socket_linger_zero(&stream);
+                    } else {
+                        let _ = stream.shutdown(Shutdown::Both);
+                    }
+                    return;
+                }
+                pos += n as u64;
+                continue;
+            }
+        }
+        if stream.write_all(chunk).is_err() {
+            return;
+        }
+        pos += n as u64;
+    }
+}
+
+fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a correctly sized linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Run echo-bench with `args`; kill it (and fail) after `timeout`.
+pub fn run_with_timeout(args: &[String], timeout: Duration) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start echo-bench");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("wait for echo-bench"),
+        Err(_) => {
+            // SAFETY: kill(2) on the PID of our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("echo-bench {args:?} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// Run echo-bench with string args and a 60 s limit.
+pub fn run(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run_with_timeout(&args, Duration::from_secs(60))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert success and return stdout, showing everything on failure.
+pub fn expect_success(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "echo-bench failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub fn join(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+/// The uring-echo binary built beside echo-bench by `cargo test --workspace`.
+pub fn uring_echo() -> PathBuf {
+    let p = Path::new(BIN).parent().unwrap().join("uring-echo");
+    assert!(
+        p.is_file(),
+        "{} not found: these tests use the real server; run `cargo test --workspace` so that it is built",
+        p.display()
+    );
+    p
+}
+
+/// Whether a process with this PID exists (and is not a zombie).
+pub fn pid_alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}

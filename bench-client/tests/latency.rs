@@ -1,0 +1,165 @@
+//! Latency numbers against servers whose latency is known by construction.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A server that sleeps 20 ms before every echo: the reported median is the delay.
+#[test]
+fn delay_server_median_is_the_delay() {
+    let server = TestServer::start(Behavior::Delay(Duration::from_millis(20)));
+    let dir = tmp();
+    let json = join(&dir, "r.json");
+    let out = run(&[
+        "-q",
+        "-c",
+        "4",
+        "-d",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+        &path_str(&json),
+        &server.target(),
+    ]);
+    expect_success(&out);
+    let j = read_json(&json);
+    let t = &j["targets"][0];
+    let p50_us = t["latency"]["p50_us"].as_f64().unwrap();
+    let delay_us = 20_000.0;
+    assert!(
+        (p50_us - delay_us).abs() <= 0.02 * delay_us + 50.0,
+        "p50 {p50_us} µs is not within 2% + 50 µs of {delay_us} µs"
+    );
+    // 4 connections, one message each per ~20 ms, for 1 s.
+    let messages = t["messages"].as_u64().unwrap();
+    assert!((120..=210).contains(&messages), "{messages}");
+    assert_eq!(t["latency"]["count"].as_u64().unwrap(), messages);
+    assert_eq!(
+        t["aborted"].as_u64().unwrap(),
+        4,
+        "one message in flight per connection at the deadline"
+    );
+    assert_eq!(t["errors"]["total"].as_u64().unwrap(), 0);
+}
+
+/// Open loop against a server that stalls once for a second: the stall shows in the
+/// latency measured from the intended send time, but not in the service time, where only
+/// the few messages actually in flight during the stall are slow.
+#[test]
+fn a_stall_shows_in_corrected_latency_not_in_service_time() {
+    let server = TestServer::start(Behavior::StallOnce {
+        after: Duration::from_millis(700),
+        stall: Duration::from_secs(1),
+    });
+    let dir = tmp();
+    let json = join(&dir, "r.json");
+    let out = run(&[
+        "-q",
+        "-c",
+        "8",
+        "--rate",
+        "2000",
+        "-d",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--json",
+        &path_str(&json),
+        &server.target(),
+    ]);
+    expect_success(&out);
+    let j = read_json(&json);
+    let t = &j["targets"][0];
+    let corrected = &t["latency"];
+    let service = &t["service_time"];
+    assert_eq!(corrected["basis"], "intended send time");
+    let max_corrected = corrected["max_us"].as_f64().unwrap();
+    let p999_corrected = corrected["p999_us"].as_f64().unwrap();
+    assert!(
+        max_corrected >= 900_000.0,
+        "corrected max {max_corrected} µs"
+    );
+    assert!(
+        p999_corrected >= 900_000.0,
+        "corrected p99.9 {p999_corrected} µs"
+    );
+    // Half of the window was spent stalled or catching up: the median is far above the
+    // server's normal latency too.
+    assert!(corrected["p90_us"].as_f64().unwrap() >= 100_000.0);
+    let p99_service = service["p99_us"].as_f64().unwrap();
+    assert!(p99_service < 100_000.0, "service p99 {p99_service} µs");
+    // ...but the stuck in-flight messages are in the service tail.
+    assert!(service["max_us"].as_f64().unwrap() >= 900_000.0);
+    assert_eq!(t["rate_shortfall"], false);
+}
+
+/// When the server cannot keep up with the requested rate, the run says so loudly.
+#[test]
+fn a_missed_rate_is_flagged() {
+    // 2 connections, one message in flight each, 20 ms per echo: at most ~100 msgs/s.
+    let server = TestServer::start(Behavior::Delay(Duration::from_millis(20)));
+    let dir = tmp();
+    let json = join(&dir, "r.json");
+    let out = run(&[
+        "-c",
+        "2",
+        "--rate",
+        "1000",
+        "-d",
+        "600ms",
+        "--warmup",
+        "100ms",
+        "--json",
+        &path_str(&json),
+        &server.target(),
+    ]);
+    let text = expect_success(&out);
+    assert!(
+        text.contains("WARNING") && text.contains("of the target 1000 msgs/s"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("WARNING"));
+    let j = read_json(&json);
+    assert_eq!(j["rate_shortfall"], true);
+    let t = &j["targets"][0];
+    assert_eq!(t["rate_shortfall"], true);
+    assert!(t["achieved_rate_ratio"].as_f64().unwrap() < 0.2);
+    assert!(
+        t["unsent"].as_u64().unwrap() > 100,
+        "due-but-unsent messages are counted"
+    );
+}
+
+/// Pipelining keeps N messages in flight per connection: with a delay server the
+/// throughput scales with the pipeline depth.
+#[test]
+fn pipelining_multiplies_throughput_against_a_slow_server() {
+    let server = TestServer::start(Behavior::Delay(Duration::from_millis(10)));
+    let dir = tmp();
+    let json = join(&dir, "r.json");
+    // The server reads whatever arrived and echoes it after 10 ms, so 8 pipelined messages
+    // come back together every ~10 ms instead of one.
+    let out = run(&[
+        "-q",
+        "-c",
+        "2",
+        "--pipeline",
+        "8",
+        "-d",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--json",
+        &path_str(&json),
+        &server.target(),
+    ]);
+    expect_success(&out);
+    let j = read_json(&json);
+    let rate = j["targets"][0]["msgs_per_s"].as_f64().unwrap();
+    // pipeline 1 would give at most 2 / 10 ms = 200 msgs/s.
+    assert!(rate > 800.0, "{rate}");
+    assert_eq!(j["config"]["pipeline"], 8);
+}
