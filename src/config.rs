@@ -159,6 +159,23 @@ pub struct Cli {
     /// else 128, at most 1024. When the pool is empty, new connections use ordinary buffers.
     #[arg(long)]
     pub fixed_buffers: bool,
+
+    /// (uring-multishot) Per loop, wait for N completions or DUR, e.g. 8,100us [default: off]
+    ///
+    /// Fewer wake-ups and io_uring_enter calls per message under load, at the price of up to DUR
+    /// of extra latency whenever fewer than N completions are pending: a single ping-pong
+    /// connection waits DUR for every message. Off by default for that reason.
+    #[arg(long, value_name = "N,DUR", value_parser = parse_batch_wait)]
+    pub batch_wait: Option<BatchWait>,
+}
+
+/// `--batch-wait N,DUR`: completion batching for the uring-multishot engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchWait {
+    /// Completions to wait for per loop iteration (>= 1).
+    pub min_completions: u32,
+    /// Longest extra wait for them.
+    pub timeout: Duration,
 }
 
 /// io_uring setup knobs, only meaningful with [`RuntimeKind::Uring`].
@@ -172,6 +189,8 @@ pub struct UringOpts {
     pub coop_taskrun: bool,
     /// Use registered buffers (`read_fixed`/`write_fixed`).
     pub fixed_buffers: bool,
+    /// Completion batching (uring-multishot only).
+    pub batch_wait: Option<BatchWait>,
 }
 
 /// Validated server configuration.
@@ -280,6 +299,9 @@ impl TryFrom<Cli> for Config {
                 bail!("{flag} applies to --runtime uring only, not to --runtime uring-multishot");
             }
         }
+        if cli.batch_wait.is_some() && cli.runtime != RuntimeKind::UringMultishot {
+            bail!("--batch-wait applies to --runtime uring-multishot only");
+        }
         let ring_entries = cli.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
         if ring_entries == 0 || ring_entries > MAX_RING_ENTRIES {
             bail!("--ring-entries must be between 1 and {MAX_RING_ENTRIES}, got {ring_entries}");
@@ -325,6 +347,7 @@ impl TryFrom<Cli> for Config {
                 sqpoll_idle_ms: cli.sqpoll,
                 coop_taskrun: cli.coop_taskrun,
                 fixed_buffers: cli.fixed_buffers,
+                batch_wait: cli.batch_wait,
             },
         })
     }
@@ -428,6 +451,24 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
     out.join(",")
 }
 
+/// Parses `--batch-wait N,DUR`: at least one completion, and a duration of 1us..=1s.
+pub fn parse_batch_wait(s: &str) -> Result<BatchWait, String> {
+    let usage = || format!("{s:?} is not N,DURATION (example: 8,100us)");
+    let (n, dur) = s.split_once(',').ok_or_else(usage)?;
+    let min_completions: u32 = n.trim().parse().map_err(|_| usage())?;
+    let timeout = humantime::parse_duration(dur.trim()).map_err(|_| usage())?;
+    if min_completions == 0 {
+        return Err(format!("{s:?}: N must be at least 1"));
+    }
+    if timeout < Duration::from_micros(1) || timeout > Duration::from_secs(1) {
+        return Err(format!("{s:?}: DURATION must be between 1us and 1s"));
+    }
+    Ok(BatchWait {
+        min_completions,
+        timeout,
+    })
+}
+
 /// Parses a duration: a plain number is seconds (`30`, `0.5`), else humantime (`500ms`, `2m`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -452,6 +493,22 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn batch_wait_parses_and_is_multishot_only() {
+        let bw = parse_batch_wait("8,100us").unwrap();
+        assert_eq!(
+            (bw.min_completions, bw.timeout),
+            (8, Duration::from_micros(100))
+        );
+        for bad in ["8", "0,100us", "8,0us", "8,2s", "x,100us", "8,soon"] {
+            assert!(parse_batch_wait(bad).is_err(), "{bad}");
+        }
+        let c = config(&["--runtime", "uring-multishot", "--batch-wait", "4,50us"]).unwrap();
+        assert_eq!(c.uring.batch_wait.map(|b| b.min_completions), Some(4));
+        let err = config(&["--runtime", "uring", "--batch-wait", "4,50us"]).unwrap_err();
+        assert!(err.to_string().contains("uring-multishot only"), "{err}");
     }
 
     #[test]

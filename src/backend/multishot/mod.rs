@@ -37,6 +37,10 @@ pub(crate) fn params(config: &Config) -> MultishotParams {
     p.idle_timeout = config.idle_timeout;
     p.drain_timeout = config.drain_timeout;
     p.nodelay = config.nodelay;
+    p.batch_wait = config.uring.batch_wait.map(|b| engine::BatchWait {
+        min_completions: b.min_completions,
+        timeout: b.timeout,
+    });
     p
 }
 
