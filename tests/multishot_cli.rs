@@ -52,3 +52,40 @@ fn small_ring_and_tiny_buffers_still_echo_everything() {
     assert_eq!(exited.count("bytes_echoed"), 20 * 20 * 10_000);
     assert_eq!(exited.count("closed"), 20);
 }
+
+#[test]
+fn batch_wait_flag_echoes_correctly() {
+    let server = TestServer::spawn(&[
+        "--runtime",
+        "uring-multishot",
+        "--listen",
+        "127.0.0.1:0",
+        "--batch-wait",
+        "8,200us",
+    ]);
+    let mut s = server.connect();
+    for i in 0..100u64 {
+        echo_once(&mut s, &common::pattern(i, 300));
+    }
+    drop(s);
+    let exited = server.stop();
+    assert_eq!(exited.count("bytes_echoed"), 100 * 300);
+}
+
+#[test]
+fn batch_wait_is_refused_for_other_runtimes() {
+    for runtime in ["uring", "epoll"] {
+        let exited = run_to_exit(
+            &[
+                "--runtime",
+                runtime,
+                "--listen",
+                "127.0.0.1:0",
+                "--batch-wait",
+                "8,100us",
+            ],
+            &[],
+        );
+        assert_one_line_error(&exited, 1, &["--batch-wait", "uring-multishot"]);
+    }
+}

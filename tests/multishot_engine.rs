@@ -553,3 +553,39 @@ fn rst_storm_in_every_state_releases_connections_promptly() {
     assert_eq!((counts.accepted, counts.closed), (200, 200));
     assert!(counts.errors_reset + counts.errors_pipe > 0, "{counts:?}");
 }
+
+#[test]
+fn batch_wait_keeps_echo_correct_for_ping_pong_and_streams() {
+    let _g = FD_LOCK.read().unwrap();
+    let mut p = params();
+    p.batch_wait = Some(engine::BatchWait {
+        min_completions: 8,
+        timeout: Duration::from_micros(200),
+    });
+    let server = Server::start(p);
+    // One connection in lock step: never 8 completions pending, so every wait ends by timeout.
+    let mut s = server.connect();
+    for i in 0..200u64 {
+        let msg = pattern(i, 100);
+        s.write_all(&msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    drop(s);
+    let streams: Vec<_> = (0..8u64)
+        .map(|i| {
+            let stream = server.connect();
+            thread::spawn(move || {
+                let data = Arc::new(pattern(500 + i, 512 * 1024));
+                assert!(echo_concurrently(stream, Arc::clone(&data), 20_000, i) == *data);
+            })
+        })
+        .collect();
+    for t in streams {
+        t.join().unwrap();
+    }
+    let (report, counts) = server.stop();
+    assert_no_leaks(&report);
+    assert_eq!(counts.bytes_echoed, 200 * 100 + 8 * 512 * 1024);
+}
