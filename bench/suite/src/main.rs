@@ -5,7 +5,8 @@
 //! and writes a JSON report; this program only chooses the matrix, adds the measurements
 //! echo-bench cannot make from inside a run (syscalls per message with `perf stat`, idle RSS per
 //! connection, the client's own cost against a reference client) and turns the JSON into a
-//! markdown table and SVG plots under `bench/results/<date>-<host>/`.
+//! markdown table (`results.md`), the exact commands (`README.md`) and SVG plots under
+//! `bench/results/<date>-<host>/`, beside the raw JSON report of every run (`raw/`).
 //!
 //! Why ratios are per round: on a shared 2-vCPU machine messages/s swings ±20% between runs, so
 //! every comparison is `target / baseline` within one round (both ran back to back), summarised

@@ -1,4 +1,4 @@
-//! Turning measurements into `results.md`, `summary.json` and SVG plots.
+//! Turning measurements into `results.md`, the results README and SVG plots.
 //!
 //! Every figure in the table is a median over rounds with its spread; every ratio is the median
 //! of per-round ratios (target and baseline measured back to back in the same round), with the
