@@ -202,6 +202,9 @@ impl BenchConfig {
         }
         if let Some(c) = &server_cpus {
             host::check_cpus("--server-cpus", c)?;
+            if !default_comparison && args.spawn.is_empty() {
+                bail!("--server-cpus pins spawned servers: it needs --spawn (or the default comparison)");
+            }
         }
         if let Some(c) = &client_cpus {
             host::check_cpus("--client-cpus", c)?;

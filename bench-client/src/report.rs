@@ -753,7 +753,7 @@ fn spread_text(s: &Summary, prec: usize) -> String {
     format!("[{:.prec$}, {:.prec$}]", s.lo, s.hi)
 }
 
-/// Print the comparison table.
+/// Print the comparison table: one block for msgs/s, one for server CPU per message.
 pub fn print_comparison<W: Write>(w: &mut W, c: &ComparisonJson) -> io::Result<()> {
     let n = c.rounds;
     let method = if n >= compare::MIN_ROUNDS_FOR_CI {
@@ -768,7 +768,7 @@ pub fn print_comparison<W: Write>(w: &mut W, c: &ComparisonJson) -> io::Result<(
     };
     writeln!(
         w,
-        "== comparison over {n} interleaved round(s), ratios vs {} ({method})",
+        "== comparison over {n} interleaved round(s); ratios vs {} are medians of per-round ratios; {method}",
         c.baseline
     )?;
     let name_w = c
@@ -777,48 +777,50 @@ pub fn print_comparison<W: Write>(w: &mut W, c: &ComparisonJson) -> io::Result<(
         .map(|r| r.name.len())
         .max()
         .unwrap_or(6)
-        .max(6);
-    writeln!(
-        w,
-        "  {:<name_w$}  {:>12}  {:>25}  {:>7}  {:>16}  {:<15}  {:>10}  {:>7}  {:<15}",
-        "target", "msgs/s", "spread", "ratio", "ratio spread", "", "srv µs/msg", "ratio", ""
-    )?;
-    for r in &c.rows {
-        let (ratio, rspread, sig) = match &r.msgs_per_s_ratio {
-            Some(x) => (
-                format!("{:.3}", x.summary.median),
-                spread_text(&x.summary, 3),
-                x.significance.label().to_string(),
-            ),
-            None => ("1.000".into(), "baseline".into(), String::new()),
+        .max(14);
+    type Pick<'a> = &'a dyn Fn(&CompareRow) -> Option<(&Summary, Option<&RatioJson>)>;
+    let block =
+        |w: &mut W, title: &str, scale: f64, prec: usize, pick: Pick<'_>| -> io::Result<()> {
+            if !c.rows.iter().any(|r| pick(r).is_some()) {
+                return Ok(());
+            }
+            writeln!(
+                w,
+                "  {title:<name_w$}  {:>12}  {:>27}  {:>7}  {:>16}  significance",
+                "median", "spread", "ratio", "ratio spread"
+            )?;
+            for (i, r) in c.rows.iter().enumerate() {
+                let Some((s, ratio)) = pick(r) else {
+                    writeln!(w, "  {:<name_w$}  {:>12}", r.name, "-")?;
+                    continue;
+                };
+                let spread = format!("[{:.prec$}, {:.prec$}]", s.lo / scale, s.hi / scale);
+                let (ratio, rspread, sig) = match ratio {
+                    Some(x) => (
+                        format!("{:.3}", x.summary.median),
+                        spread_text(&x.summary, 3),
+                        x.significance.label(),
+                    ),
+                    None if i == 0 => ("1.000".into(), "baseline".into(), ""),
+                    None => ("-".into(), String::new(), ""),
+                };
+                let line = format!(
+                    "  {:<name_w$}  {:>12.prec$}  {spread:>27}  {ratio:>7}  {rspread:>16}  {sig}",
+                    r.name,
+                    s.median / scale,
+                );
+                writeln!(w, "{}", line.trim_end())?;
+            }
+            Ok(())
         };
-        let cpu = r
-            .server_cpu_ns_per_msg
+    block(w, "msgs/s", 1.0, 1, &|r| {
+        Some((&r.msgs_per_s, r.msgs_per_s_ratio.as_ref()))
+    })?;
+    block(w, "server µs/msg", 1000.0, 3, &|r| {
+        r.server_cpu_ns_per_msg
             .as_ref()
-            .map(|s| format!("{:.3}", s.median / 1000.0))
-            .unwrap_or_else(|| "-".into());
-        let (cratio, csig) = match &r.server_cpu_ratio {
-            Some(x) => (
-                format!("{:.3}", x.summary.median),
-                format!("{} {}", spread_text(&x.summary, 3), x.significance.label()),
-            ),
-            None if r.server_cpu_ns_per_msg.is_some() => ("1.000".into(), String::new()),
-            None => ("-".into(), String::new()),
-        };
-        writeln!(
-            w,
-            "  {:<name_w$}  {:>12.1}  {:>25}  {:>7}  {:>16}  {:<15}  {:>10}  {:>7}  {}",
-            r.name,
-            r.msgs_per_s.median,
-            spread_text(&r.msgs_per_s, 1),
-            ratio,
-            rspread,
-            sig,
-            cpu,
-            cratio,
-            csig
-        )?;
-    }
+            .map(|s| (s, r.server_cpu_ratio.as_ref()))
+    })?;
     Ok(())
 }
 

@@ -93,7 +93,10 @@ fn a_stall_shows_in_corrected_latency_not_in_service_time() {
     assert!(p99_service < 100_000.0, "service p99 {p99_service} µs");
     // ...but the stuck in-flight messages are in the service tail.
     assert!(service["max_us"].as_f64().unwrap() >= 900_000.0);
-    assert_eq!(t["rate_shortfall"], false);
+    // After the stall the connections catch up (sending immediately), so almost every due
+    // message still completes inside the window.
+    let achieved = t["achieved_rate_ratio"].as_f64().unwrap();
+    assert!(achieved > 0.9, "achieved {achieved} of the rate");
 }
 
 /// When the server cannot keep up with the requested rate, the run says so loudly.

@@ -46,7 +46,7 @@ fn spawned_servers_are_compared_over_interleaved_rounds_and_stopped() {
     ]);
     let text = expect_success(&out);
     assert!(
-        text.contains("== comparison over 3 interleaved round(s), ratios vs uring"),
+        text.contains("== comparison over 3 interleaved round(s); ratios vs uring"),
         "{text}"
     );
     let j = read_json(&json);

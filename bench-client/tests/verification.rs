@@ -128,3 +128,14 @@ fn a_refused_connection_is_one_line_and_exit_1() {
     );
     assert!(stdout(&out).is_empty());
 }
+
+#[test]
+fn ipv6_targets_in_brackets_work() {
+    let server = TestServer::start_on("[::1]:0", Behavior::Echo);
+    let target = server.target();
+    assert!(target.starts_with("[::1]:"), "{target}");
+    let out = run(&["-q", "-c", "2", "-d", "200ms", "--warmup", "0", &target]);
+    let text = expect_success(&out);
+    assert!(text.contains(&format!("== {target}")), "{text}");
+    assert!(text.contains("errors        0"), "{text}");
+}

@@ -40,7 +40,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(behavior: Behavior) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        Self::start_on("127.0.0.1:0", behavior)
+    }
+
+    pub fn start_on(bind: &str, behavior: Behavior) -> TestServer {
+        let listener = TcpListener::bind(bind).expect("bind test server");
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let first_byte: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
