@@ -4,7 +4,7 @@
 #   bash bench/run-suite.sh --mode quick    # a few minutes, indicative only
 #   bash bench/run-suite.sh --mode full     # the whole matrix (hours)
 # Installs perf (syscall counts) if it is missing and we are root, builds the workspace in
-# release mode, then runs echo-suite, which writes bench/results/<date>-<host>/.
+# release mode, then runs echo-suite, which writes bench/results/<date>-<host>-<mode>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,7 +6,7 @@
 //! echo-bench cannot make from inside a run (syscalls per message with `perf stat`, idle RSS per
 //! connection, the client's own cost against a reference client) and turns the JSON into a
 //! markdown table (`results.md`), the exact commands (`README.md`) and SVG plots under
-//! `bench/results/<date>-<host>/`, beside the raw JSON report of every run (`raw/`).
+//! `bench/results/<date>-<host>-<mode>/`, beside the raw JSON report of every run (`raw/`).
 //!
 //! Why ratios are per round: on a shared 2-vCPU machine messages/s swings ±20% between runs, so
 //! every comparison is `target / baseline` within one round (both ran back to back), summarised
@@ -85,7 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let plan = Plan::new(&cli)?;
     let out = match &cli.out {
         Some(d) => d.clone(),
-        None => report::default_out_dir()?,
+        None => report::default_out_dir(plan.mode_name)?,
     };
     if out.exists() && std::fs::read_dir(&out)?.next().is_some() && !cli.force {
         bail!(

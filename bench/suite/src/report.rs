@@ -16,12 +16,12 @@ use crate::measure::{CellResult, Results, TargetResult};
 use crate::plan::Plan;
 
 /// `bench/results/<date>-<host>-<mode>` under the current directory.
-pub fn default_out_dir() -> anyhow::Result<PathBuf> {
+pub fn default_out_dir(mode: &str) -> anyhow::Result<PathBuf> {
     let date = cmd_line("date", &["+%Y-%m-%d"])?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    Ok(PathBuf::from("bench/results").join(format!("{date}-{host}")))
+    Ok(PathBuf::from("bench/results").join(format!("{date}-{host}-{mode}")))
 }
 
 fn cmd_line(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
