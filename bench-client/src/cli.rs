@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::message::HEADER_BYTES;
 
+/// Largest accepted `--rate` (far beyond anything loopback TCP can echo).
+pub const MAX_RATE: f64 = 1e9;
 /// Largest accepted `--size`.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -186,8 +188,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
 
-    /// Interval of the --hlog histograms.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_nonzero_duration)]
+    /// Interval of the --hlog histograms (at least 1ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
     /// Write an SVG latency-by-percentile plot (log percentile axis, one line per target).
@@ -318,6 +320,15 @@ pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parse `--interval`: a duration of at least 1 ms (each interval is a serialised histogram).
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
 /// Parse a byte size: a number with an optional binary unit (`B`, `k`/`K`/`KiB`, `M`/`MiB`).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -374,6 +385,9 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     let v = v * mult;
     if !v.is_finite() || v <= 0.0 {
         return Err("must be greater than zero".into());
+    }
+    if v > MAX_RATE {
+        return Err(format!("must be at most {MAX_RATE:.0} messages per second"));
     }
     Ok(v)
 }
@@ -509,6 +523,10 @@ mod tests {
         assert!(parse_rate("-1").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("inf").is_err());
+        assert!(parse_rate("2000M").is_err());
+        assert_eq!(parse_interval("1ms"), Ok(Duration::from_millis(1)));
+        assert!(parse_interval("1ns").is_err());
+        assert!(parse_interval("999us").is_err());
     }
 
     #[test]

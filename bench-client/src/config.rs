@@ -13,6 +13,8 @@ pub use crate::cli::Arrival;
 use crate::cli::BenchArgs;
 use crate::host;
 
+/// Most interval histograms one `--hlog` run may produce (per target).
+pub const MAX_INTERVALS: u64 = 1_000_000;
 /// Default connections per target.
 pub const DEFAULT_CONNECTIONS: usize = 50;
 /// Default message size.
@@ -324,6 +326,16 @@ impl BenchConfig {
 
         if args.start_at.is_some() && (rounds > 1 || targets.len() > 1) {
             bail!("--start-at needs a single target and a single round (it fixes one measured window)");
+        }
+        if args.hlog.is_some() {
+            let intervals =
+                (duration.as_secs_f64() / args.interval.as_secs_f64()).ceil() * rounds as f64;
+            if intervals > MAX_INTERVALS as f64 {
+                bail!(
+                    "--interval {} makes {intervals:.0} interval histograms; at most {MAX_INTERVALS} are allowed (use a longer --interval)",
+                    humantime::format_duration(args.interval)
+                );
+            }
         }
         // Descriptors: the client's sockets (the server runs in its own process) plus slack.
         host::ensure_fd_limit(connections as u64 + 64)?;

@@ -1,6 +1,7 @@
 //! Ctrl-C / SIGTERM handling: the first signal sets a flag that the run loop polls, so the run
 //! stops early and spawned servers are still stopped by their `Drop` guards; a second signal
-//! gets the default action (`SA_RESETHAND`), so a stuck process can always be killed.
+//! gets the default action (`SA_RESETHAND`), so a stuck process can always be killed. The
+//! handlers are only installed while the run polls the flag ([`restore_default`] afterwards).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,6 +22,17 @@ pub fn install() {
             sa.sa_flags = libc::SA_RESETHAND;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Give SIGINT and SIGTERM back their default action (terminate). Called once the phase that
+/// polls [`interrupted`] is over, so that a signal during report writing is never ignored.
+pub fn restore_default() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: resetting a signal disposition to SIG_DFL has no preconditions.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
         }
     }
 }

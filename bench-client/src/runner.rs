@@ -217,6 +217,11 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
         }
     }
     drop(servers);
+    // From here on nothing polls the interrupt flag: let signals terminate as usual.
+    crate::interrupt::restore_default();
+    if crate::interrupt::interrupted() {
+        anyhow::bail!("interrupted");
+    }
 
     let errors_total: u64 = runs.iter().map(|r| r.totals.errors.total).sum();
     let exit_code = u8::from(errors_total > 0);

@@ -31,6 +31,8 @@ fn invalid_flag_values_exit_2_with_one_line() {
     assert_one_line_error(&["--client-cpus", "3-1", "127.0.0.1:9"], 2, "reversed");
     assert_one_line_error(&["--no-such-flag", "127.0.0.1:9"], 2, "--no-such-flag");
     assert_one_line_error(&["merge"], 2, "FILE.hlog");
+    assert_one_line_error(&["--interval", "1ns", "127.0.0.1:9"], 2, "at least 1ms");
+    assert_one_line_error(&["--rate", "5000M", "127.0.0.1:9"], 2, "at most");
 }
 
 #[test]
@@ -58,6 +60,20 @@ fn invalid_combinations_exit_1_with_one_line() {
         "not available",
     );
     assert_one_line_error(&["--spawn", "'unterminated"], 1, "cannot parse --spawn");
+    assert_one_line_error(
+        &[
+            "--hlog",
+            "x.hlog",
+            "--interval",
+            "1ms",
+            "-d",
+            "2000s",
+            "127.0.0.1:9",
+        ],
+        1,
+        "interval histograms",
+    );
+    assert_one_line_error(&["--server-cpus", "0", "127.0.0.1:9"], 1, "needs --spawn");
 }
 
 #[test]
