@@ -24,8 +24,8 @@ Load generator for TCP echo servers: closed or open loop, every echoed byte veri
 latency recorded in HdrHistograms, interleaved comparison of several servers.
 
 With no TARGET and no --spawn, runs the default comparison: starts the uring-echo binary found \
-beside echo-bench with `--runtime uring` and with `--runtime epoll`, pins server and client to \
-different CPUs when there are at least two, and runs 5 interleaved rounds of 2 s (500 ms warmup) \
+beside echo-bench with `--runtime uring` and with `--runtime epoll` (and `--threads` = its CPU \
+count when pinned), pins server and client to different CPUs when there are at least two, and runs 5 interleaved rounds of 2 s (500 ms warmup) \
 with 50 connections and 128-byte messages. Build both binaries first:
     cargo build --release --workspace && target/release/echo-bench
 
@@ -34,7 +34,8 @@ printed in microseconds; .hgrm files are in milliseconds.";
 
 const AFTER_LONG_HELP: &str = "\
 Exit status: 0 success; 1 run failed (connection refused/reset, echo mismatch, EOF or short \
-read, server failed to start, existing output file, I/O error); 2 invalid command line.
+read, no message completed, server failed to start, existing output file, I/O error); \
+2 invalid command line; 130 interrupted (SIGINT/SIGTERM; spawned servers are stopped first).
 
 Examples:
     echo-bench 127.0.0.1:7000
@@ -168,7 +169,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
-    /// Open loop: arrival process of the intended send times.
+    /// Open loop: arrival process of the intended send times [default: constant].
     #[arg(long, value_enum, value_name = "KIND", requires = "rate")]
     pub arrival: Option<Arrival>,
 

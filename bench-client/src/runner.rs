@@ -224,7 +224,13 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     }
 
     let errors_total: u64 = runs.iter().map(|r| r.totals.errors.total).sum();
-    let exit_code = u8::from(errors_total > 0);
+    // A run that measured nothing is a failure too (a server that accepts but never echoes).
+    let silent: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.totals.messages == 0 && r.totals.errors.total == 0)
+        .map(|r| r.name.as_str())
+        .collect();
+    let exit_code = u8::from(errors_total > 0 || !silent.is_empty());
 
     // Text summary.
     let mut out = std::io::stdout().lock();
@@ -247,6 +253,9 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
         if let Some(w) = report::shortfall_warning(&cfg, r) {
             eprintln!("echo-bench: {w}");
         }
+    }
+    for name in &silent {
+        eprintln!("echo-bench: {name}: no message completed inside the measured window");
     }
     if errors_total > 0 {
         let first = runs.iter().flat_map(|r| r.error_samples.first()).next();

@@ -166,3 +166,38 @@ fn pipelining_multiplies_throughput_against_a_slow_server() {
     assert!(rate > 800.0, "{rate}");
     assert_eq!(j["config"]["pipeline"], 8);
 }
+
+/// A server that accepts but never answers measured nothing: that is a failure, not a result.
+#[test]
+fn a_server_that_never_answers_fails_the_run() {
+    let server = TestServer::start(Behavior::Delay(Duration::from_secs(5)));
+    let dir = tmp();
+    let json = join(&dir, "r.json");
+    let out = run(&[
+        "-q",
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--warmup",
+        "0",
+        "--json",
+        &path_str(&json),
+        &server.target(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no message completed inside the measured window"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("latency µs    no samples"),
+        "{}",
+        stdout(&out)
+    );
+    let j = read_json(&json);
+    assert_eq!(j["targets"][0]["messages"], 0);
+    assert_eq!(j["targets"][0]["aborted"], 2);
+    assert_eq!(j["exit_code"], 1);
+}
