@@ -16,9 +16,10 @@ pub struct HostInfo {
     pub kernel: String,
     /// First `model name` of `/proc/cpuinfo`.
     pub cpu_model: String,
-    /// CPUs this process may run on (`sched_getaffinity`).
+    /// Online CPUs of the machine (`sysconf(_SC_NPROCESSORS_ONLN)`).
     pub nproc: usize,
-    /// CPUs this process may run on, as a list.
+    /// CPUs echo-bench was allowed to use when it started (`sched_getaffinity`, before any
+    /// `--client-cpus` pinning), e.g. narrowed by `taskset` or a container.
     pub allowed_cpus: Vec<usize>,
 }
 
@@ -31,7 +32,7 @@ fn cstr_field(field: &[libc::c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Collect [`HostInfo`].
+/// Collect [`HostInfo`]. Call it before pinning the calling thread.
 pub fn host_info() -> HostInfo {
     // SAFETY: utsname is plain old data; uname fills it.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
@@ -60,11 +61,17 @@ pub fn host_info() -> HostInfo {
         })
         .unwrap_or_else(|| "unknown".into());
     let allowed_cpus = allowed_cpus().unwrap_or_default();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     HostInfo {
         hostname,
         kernel,
         cpu_model,
-        nproc: allowed_cpus.len().max(1),
+        nproc: if online > 0 {
+            online as usize
+        } else {
+            allowed_cpus.len().max(1)
+        },
         allowed_cpus,
     }
 }

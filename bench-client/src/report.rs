@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::compare::{self, Significance, Summary};
 use crate::config::{BenchConfig, Mode};
-use crate::host::{self, HostInfo};
+use crate::host::HostInfo;
 use crate::load::ErrorCounts;
 use crate::record::{self, new_histogram, MergedIntervals};
 
@@ -493,6 +493,7 @@ fn per_msg(ns: Option<u64>, msgs: u64) -> Option<f64> {
 /// Build the JSON report.
 pub fn json_report(
     cfg: &BenchConfig,
+    host: &HostInfo,
     targets: &[TargetRun],
     start_time: SystemTime,
     incomplete: bool,
@@ -555,7 +556,7 @@ pub fn json_report(
         command_line: cfg.command_line.clone(),
         label: cfg.label.clone(),
         start_time: humantime::format_rfc3339_micros(start_time).to_string(),
-        host: host::host_info(),
+        host: host.clone(),
         pinning: PinningJson {
             client_cpus: cfg.load.client_cpus.clone(),
             server_cpus: cfg.server_cpus.clone(),

@@ -109,6 +109,7 @@ fn absorb(
 /// Run the benchmark described by `cfg`; returns the exit code (0, or 1 when errors occurred).
 pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     check_outputs(&cfg.output_paths(), cfg.outputs.force)?;
+    let host_info = host::host_info(); // before pinning narrows our affinity
     crate::interrupt::install();
     if let Some(cpus) = &cfg.load.client_cpus {
         // The coordinating thread mostly sleeps, but keep it off the server's CPUs too.
@@ -270,6 +271,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     if let Some(path) = &cfg.outputs.json {
         let json = report::json_report(
             &cfg,
+            &host_info,
             &runs,
             first_start.unwrap_or_else(SystemTime::now),
             incomplete,
