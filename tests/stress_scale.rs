@@ -47,7 +47,8 @@ fn scale(runtime: &str, threads: usize, conns: usize) {
 
     let rt = tokio_rt();
     let started = Instant::now();
-    let (streams, connect_times) = rt.block_on(connect_many(addr, conns, 256));
+    let connected = rt.block_on(connect_many(addr, conns, 256));
+    let (streams, connect_times) = (connected.streams, connected.took);
     let connect_wall = started.elapsed();
     // Every connection accepted: the server holds one fd per connection.
     server.wait_for_fd_count(baseline_fds + conns, Duration::from_secs(60));

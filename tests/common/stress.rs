@@ -443,13 +443,18 @@ pub fn source_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 100) as u8))
 }
 
-/// Opens `n` connections to `addr`, at most `in_flight` handshakes at a time; returns the
-/// streams and each connect's duration. Panics (naming the index) on any failure.
-pub async fn connect_many(
-    addr: SocketAddr,
-    n: usize,
-    in_flight: usize,
-) -> (Vec<tokio::net::TcpStream>, Vec<Duration>) {
+/// Connections opened by [`connect_many`], in index order.
+pub struct Connected {
+    pub streams: Vec<tokio::net::TcpStream>,
+    /// When each connect was started (before its SYN).
+    pub started: Vec<Instant>,
+    /// How long each connect took.
+    pub took: Vec<Duration>,
+}
+
+/// Opens `n` connections to `addr`, at most `in_flight` handshakes at a time. Panics (naming
+/// the index) on any failure.
+pub async fn connect_many(addr: SocketAddr, n: usize, in_flight: usize) -> Connected {
     let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -466,23 +471,27 @@ pub async fn connect_many(
                 .unwrap_or_else(|e| panic!("connect #{i}: {e}"));
             drop(permit);
             let _ = s.set_nodelay(true);
-            (i, s, started.elapsed())
+            (i, s, started, started.elapsed())
         });
     }
-    let mut streams: Vec<Option<tokio::net::TcpStream>> = (0..n).map(|_| None).collect();
-    let mut times = Vec::with_capacity(n);
+    let mut slots: Vec<Option<(tokio::net::TcpStream, Instant, Duration)>> =
+        (0..n).map(|_| None).collect();
     while let Some(res) = set.join_next().await {
-        let (i, s, t) = res.expect("connect task panicked");
-        streams[i] = Some(s);
-        times.push(t);
+        let (i, s, started, took) = res.expect("connect task panicked");
+        slots[i] = Some((s, started, took));
     }
-    (
-        streams
-            .into_iter()
-            .map(|s| s.expect("all connected"))
-            .collect(),
-        times,
-    )
+    let mut out = Connected {
+        streams: Vec::with_capacity(n),
+        started: Vec::with_capacity(n),
+        took: Vec::with_capacity(n),
+    };
+    for slot in slots {
+        let (s, started, took) = slot.expect("all connected");
+        out.streams.push(s);
+        out.started.push(started);
+        out.took.push(took);
+    }
+    out
 }
 
 /// On every stream at once: writes `len` bytes of its own pattern and reads them back,
