@@ -589,3 +589,31 @@ fn batch_wait_keeps_echo_correct_for_ping_pong_and_streams() {
     assert_no_leaks(&report);
     assert_eq!(counts.bytes_echoed, 200 * 100 + 8 * 512 * 1024);
 }
+
+#[test]
+fn empty_pool_parks_connections_and_resumes_them() {
+    let _g = FD_LOCK.read().unwrap();
+    // 4 buffers for 16 busy connections: receives keep finding the pool empty (ENOBUFS); each
+    // parked connection must be re-armed when buffers come back, or its client hangs.
+    let mut p = params();
+    p.buffer_size = 2048;
+    p.buffers = 4;
+    let server = Server::start(p);
+    let clients: Vec<_> = (0..16u64)
+        .map(|i| {
+            let stream = server.connect();
+            thread::spawn(move || {
+                let data = Arc::new(pattern(700 + i, 256 * 1024));
+                assert!(echo_concurrently(stream, Arc::clone(&data), 30_000, i) == *data);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (report, counts) = server.stop();
+    assert_no_leaks(&report);
+    assert!(report.parks > 0, "the pool never ran dry: {report:?}");
+    assert_eq!(counts.bytes_echoed, 16 * 256 * 1024);
+    eprintln!("{report:?}");
+}

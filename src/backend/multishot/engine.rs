@@ -215,6 +215,8 @@ pub struct Report {
     pub completions: u64,
     /// Sends submitted.
     pub sends: u64,
+    /// Receives that ended with ENOBUFS (pool empty) and parked their connection.
+    pub parks: u64,
 }
 
 /// One worker's io_uring, buffer pool and listener. Build it on the thread that will run it.
@@ -314,6 +316,7 @@ impl Engine {
                 waits: 0,
                 completions: 0,
                 sends: 0,
+                parks: 0,
                 sends_since_wait: 0,
                 reap_eagerly: false,
                 min_wait_supported,
@@ -333,7 +336,13 @@ impl Engine {
             for bid in held {
                 lp.bufs.recycle(bid);
             }
-            let loop_stats = (lp.peak_conn_buffers, lp.waits, lp.completions, lp.sends);
+            let loop_stats = (
+                lp.peak_conn_buffers,
+                lp.waits,
+                lp.completions,
+                lp.sends,
+                lp.parks,
+            );
             (result, fds, loop_stats)
         };
         let Engine {
@@ -359,6 +368,7 @@ impl Engine {
             waits: loop_stats.1,
             completions: loop_stats.2,
             sends: loop_stats.3,
+            parks: loop_stats.4,
         };
         drop(bufs);
         if !leftover_fds.is_empty() {
@@ -518,6 +528,7 @@ struct Loop<'r, 'p> {
     waits: u64,
     completions: u64,
     sends: u64,
+    parks: u64,
     /// Sends pushed since the last wait, and whether one of them has data queued behind it.
     sends_since_wait: usize,
     reap_eagerly: bool,
@@ -914,6 +925,7 @@ impl Loop<'_, '_> {
                     if !conn.dead && !conn.parked {
                         conn.parked = true;
                         self.parked.push_back(slot);
+                        self.parks += 1;
                     }
                 }
                 libc::ECANCELED => {}
