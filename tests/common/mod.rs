@@ -136,7 +136,34 @@ impl TestServer {
 
     /// Starts the server; if it exits (or stays silent past the timeout) returns what it printed.
     pub fn try_spawn(args: &[&str], limits: &[Rlimit]) -> Result<TestServer, Exited> {
-        let mut cmd = Command::new(binary());
+        Self::try_spawn_wrapped(&[], args, limits)
+    }
+
+    /// Like [`TestServer::spawn`], started through `wrapper` (e.g. `ip netns exec NS`), which
+    /// must exec the server in place so that the PID is the server's.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> TestServer {
+        match Self::try_spawn_wrapped(wrapper, args, &[]) {
+            Ok(server) => server,
+            Err(exited) => panic!(
+                "server {wrapper:?} {args:?} did not become ready ({}); stderr:\n{}",
+                exited.status, exited.stderr
+            ),
+        }
+    }
+
+    fn try_spawn_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        limits: &[Rlimit],
+    ) -> Result<TestServer, Exited> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
