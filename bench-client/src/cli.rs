@@ -163,6 +163,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub threads: Option<usize>,
 
+    /// Never let the client threads sleep: keep polling sockets and timers. Burns the client
+    /// CPUs (pin them with --client-cpus), but keeps the client's own wake-up latency (tens of
+    /// µs on virtual machines) out of the measured latency when the load is light.
+    #[arg(long)]
+    pub busy_poll: bool,
+
     /// Open loop: total messages per second over all connections of a target (10000, 10k,
     /// 1.5M). Latency is then measured from each message's intended send time (corrected for
     /// coordinated omission) and, separately, from its actual send time (service time).

@@ -65,6 +65,8 @@ pub struct LoadConfig {
     pub interval: Option<Duration>,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Client threads never sleep.
+    pub busy_poll: bool,
     /// Seed (Poisson arrivals).
     pub seed: u64,
     /// CPUs for the client threads.
@@ -351,6 +353,7 @@ impl BenchConfig {
                 duration,
                 interval: args.hlog.as_ref().map(|_| args.interval),
                 connect_timeout: args.connect_timeout,
+                busy_poll: args.busy_poll,
                 seed: args.seed,
                 client_cpus,
             },

@@ -447,6 +447,15 @@ fn client_thread(
 
         // 3. Run.
         let open = matches!(cfg.mode, Mode::Open { .. });
+        if cfg.busy_poll {
+            // yield_now defers to the I/O driver, which is then polled without blocking: the
+            // thread keeps checking its sockets instead of sleeping in epoll_wait.
+            tokio::task::spawn_local(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
         let pacer = if open {
             let p = Pacer::new().context("cannot create the open-loop timer (timerfd)")?;
             tokio::task::spawn_local(p.clone().run());

@@ -408,6 +408,8 @@ pub struct ConfigJson {
     pub arrival: Option<crate::config::Arrival>,
     /// Client threads.
     pub threads: usize,
+    /// `--busy-poll`: client threads never sleep.
+    pub busy_poll: bool,
     /// Measured duration per round, s.
     pub duration_s: f64,
     /// Warmup per round, s.
@@ -569,6 +571,7 @@ pub fn json_report(
             rate,
             arrival,
             threads: cfg.load.threads,
+            busy_poll: cfg.load.busy_poll,
             duration_s: cfg.load.duration.as_secs_f64(),
             warmup_s: cfg.load.warmup.as_secs_f64(),
             rounds: cfg.rounds,
@@ -645,8 +648,8 @@ pub fn header_line(cfg: &BenchConfig) -> String {
             format!(", {} rounds", cfg.rounds)
         } else {
             String::new()
-        }
-    )
+        },
+    ) + if l.busy_poll { ", busy-poll" } else { "" }
 }
 
 /// The loud open-loop warning line, if the rate was missed.

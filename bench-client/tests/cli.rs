@@ -122,6 +122,7 @@ fn help_documents_every_flag() {
         "--size",
         "--pipeline",
         "--threads",
+        "--busy-poll",
         "--rate",
         "--arrival",
         "--json",

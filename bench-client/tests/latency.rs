@@ -201,3 +201,44 @@ fn a_server_that_never_answers_fails_the_run() {
     assert_eq!(j["targets"][0]["aborted"], 2);
     assert_eq!(j["exit_code"], 1);
 }
+
+/// --busy-poll keeps the client thread running while it waits (no sleep in epoll_wait).
+#[test]
+fn busy_poll_keeps_the_client_thread_awake() {
+    let server = TestServer::start(Behavior::Delay(Duration::from_millis(5)));
+    let dir = tmp();
+    let cpu_seconds = |busy: bool| {
+        let json = join(&dir, if busy { "busy.json" } else { "idle.json" });
+        let mut args = vec![
+            "-q",
+            "-c",
+            "1",
+            "--threads",
+            "1",
+            "-d",
+            "500ms",
+            "--warmup",
+            "0",
+        ];
+        if busy {
+            args.push("--busy-poll");
+        }
+        let json_s = path_str(&json);
+        args.extend(["--json", &json_s, &server.addr_str]);
+        expect_success(&run(&args));
+        let j = read_json(&json);
+        assert_eq!(j["config"]["busy_poll"], busy);
+        let t = &j["targets"][0];
+        t["client_cpu_ns_per_msg"].as_f64().unwrap() * t["messages"].as_f64().unwrap() / 1e9
+    };
+    let idle = cpu_seconds(false);
+    let busy = cpu_seconds(true);
+    assert!(
+        idle < 0.05,
+        "sleeping client used {idle} s of CPU in a 0.5 s window"
+    );
+    assert!(
+        busy > 0.2,
+        "busy-polling client used only {busy} s of CPU in a 0.5 s window"
+    );
+}

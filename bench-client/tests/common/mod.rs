@@ -34,6 +34,7 @@ pub enum Behavior {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub addr_str: String,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
 }
@@ -61,6 +62,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            addr_str: addr.to_string(),
             stop,
             accept: Some(accept),
         }
