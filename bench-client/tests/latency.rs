@@ -2,13 +2,23 @@
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
 
+/// Timing-sensitive tests take turns: on a 2-CPU machine a busy-polling client running next
+/// to the 20 ms delay test would be measuring the scheduler, not echo-bench.
+static TIMING: Mutex<()> = Mutex::new(());
+
+fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A server that sleeps 20 ms before every echo: the reported median is the delay.
 #[test]
 fn delay_server_median_is_the_delay() {
+    let _serial = timing_lock();
     let server = TestServer::start(Behavior::Delay(Duration::from_millis(20)));
     let dir = tmp();
     let json = join(&dir, "r.json");
@@ -50,6 +60,7 @@ fn delay_server_median_is_the_delay() {
 /// the few messages actually in flight during the stall are slow.
 #[test]
 fn a_stall_shows_in_corrected_latency_not_in_service_time() {
+    let _serial = timing_lock();
     let server = TestServer::start(Behavior::StallOnce {
         after: Duration::from_millis(700),
         stall: Duration::from_secs(1),
@@ -205,6 +216,7 @@ fn a_server_that_never_answers_fails_the_run() {
 /// --busy-poll keeps the client thread running while it waits (no sleep in epoll_wait).
 #[test]
 fn busy_poll_keeps_the_client_thread_awake() {
+    let _serial = timing_lock();
     let server = TestServer::start(Behavior::Delay(Duration::from_millis(5)));
     let dir = tmp();
     let cpu_seconds = |busy: bool| {
