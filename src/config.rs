@@ -28,6 +28,8 @@ pub const MAX_RING_ENTRIES: u32 = 32_768;
 pub const MAX_BUFFER_SIZE: usize = 64 * 1024 * 1024;
 /// Upper bound for `--threads`, far above any sensible thread-per-core count.
 pub const MAX_THREADS: usize = 1024;
+/// Shortest `--stats-interval`: below it the lines would flood stderr (thousands per second).
+pub const MIN_STATS_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Which I/O engine serves the connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,7 +129,7 @@ pub struct Cli {
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_secs)]
     pub drain_timeout: Duration,
 
-    /// Print a `stats:` line to stderr every SECS (0 = never)
+    /// Print a `stats:` line to stderr every SECS (0 = never; at least 10ms)
     #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
     pub stats_interval: Duration,
 
@@ -273,6 +275,14 @@ impl TryFrom<Cli> for Config {
                 "--buffer-size must be between 1 byte and {} MiB, got {}",
                 MAX_BUFFER_SIZE >> 20,
                 cli.buffer_size
+            );
+        }
+
+        if !cli.stats_interval.is_zero() && cli.stats_interval < MIN_STATS_INTERVAL {
+            bail!(
+                "--stats-interval must be 0 (off) or at least {} ms, got {:?}",
+                MIN_STATS_INTERVAL.as_millis(),
+                cli.stats_interval
             );
         }
 
@@ -600,6 +610,8 @@ mod tests {
         assert!(err(&["--buffer-size", "0"]).contains("--buffer-size"));
         assert!(err(&["--buffer-size", "1GiB"]).contains("--buffer-size"));
         assert!(err(&["--ring-entries", "65536"]).contains("--ring-entries"));
+        assert!(err(&["--stats-interval", "1ns"]).contains("--stats-interval"));
+        assert!(config(&["--stats-interval", "10ms"]).is_ok());
         assert!(err(&["--cpus", "4000"]).contains("CPU 4000"));
         // Syntax errors are clap's (exit code 2).
         assert!(Cli::try_parse_from(["uring-echo", "--threads", "x"]).is_err());
