@@ -46,7 +46,7 @@ echo "== long run; figures -> $figures, log -> $log"
 started=$(date +%s)
 status=0
 STRESS_REPORT="$figures" timeout 3000 \
-  cargo test --release -p uring-echo "${targets[@]}" -- \
+  cargo test --release --no-fail-fast -p uring-echo "${targets[@]}" -- \
   --ignored --skip bug_ --test-threads 1 --nocapture 2>&1 | tee "$log" || status=$?
 echo "long run: exit $status after $(( $(date +%s) - started )) s" | tee -a "$figures"
 

@@ -217,8 +217,16 @@ fn writers_that_never_read(runtime: &str, threads: usize, hogs: usize, window: D
         );
         assert!(*blocked > 0, "hog {i}: writes never blocked");
     }
+    // Bounded: one 16 KiB buffer per connection for uring/epoll; uring-multishot receives into
+    // a 16 MiB provided-buffer pool per worker, whose pages fault in as the ring cycles through
+    // them (by any connection), so its bound is the pool.
+    let pool_kib = if runtime == "uring-multishot" {
+        16 * 1024 * threads as u64
+    } else {
+        0
+    };
     assert!(
-        rss_max < rss_before + 32 * 1024,
+        rss_max < rss_before + 32 * 1024 + pool_kib,
         "server RSS grew from {rss_before} KiB to {rss_max} KiB with {hogs} hogs"
     );
     assert!(beside.count > 10, "probe beside hogs: {beside}");
@@ -497,7 +505,18 @@ fn connect_close_storm(runtime: &str, threads: usize, total: usize) {
     let exited = server.stop();
     assert_clean_exit(&exited);
     assert_eq!(exited.count("accepted"), total as u64 + 1);
-    assert_eq!(exited.count("accept_errors"), 0, "{:?}", exited.summary());
+    // A client that resets before the server accepts can make accept(2) fail (ECONNABORTED):
+    // counted, retried at once, never logged. Any other accept error would log a warning.
+    assert!(
+        exited.count("accept_errors") <= (total / 4) as u64,
+        "{:?}",
+        exited.summary()
+    );
+    assert!(
+        !exited.stderr.contains("accept failed"),
+        "{}",
+        exited.stderr
+    );
     report(&format!(
         "storm {runtime:<15} threads={threads}: {total} short connections in {:.1}s ({:.0}/s), \
          fds back to {baseline} {:.2}s after the last; summary errors_reset={} errors_pipe={}",
