@@ -245,6 +245,21 @@ pub async fn drive(
     }
 
     let io_err = |source: io::Error| ConnError::Io { conn, source };
+    // Generate admitted-but-unstaged bytes into the staging buffer, as far as it has room.
+    macro_rules! stage {
+        () => {
+            while wlen < wcap && gen_seq < admitted {
+                let n = (wcap - wlen).min(size - gen_off);
+                pattern.fill(conn, gen_seq, gen_off, &mut wbuf[wlen..wlen + n]);
+                wlen += n;
+                gen_off += n;
+                if gen_off == size {
+                    gen_seq += 1;
+                    gen_off = 0;
+                }
+            }
+        };
+    }
 
     let result: Result<(), ConnError> = std::future::poll_fn(|cx| {
         loop {
@@ -270,28 +285,10 @@ pub async fn drive(
                     }
                 }
                 admitted += 1;
-                while wlen < wcap && gen_seq < admitted {
-                    let n = (wcap - wlen).min(size - gen_off);
-                    pattern.fill(conn, gen_seq, gen_off, &mut wbuf[wlen..wlen + n]);
-                    wlen += n;
-                    gen_off += n;
-                    if gen_off == size {
-                        gen_seq += 1;
-                        gen_off = 0;
-                    }
-                }
+                stage!();
             }
             // Keep staging the rest of a large message.
-            while wlen < wcap && gen_seq < admitted {
-                let n = (wcap - wlen).min(size - gen_off);
-                pattern.fill(conn, gen_seq, gen_off, &mut wbuf[wlen..wlen + n]);
-                wlen += n;
-                gen_off += n;
-                if gen_off == size {
-                    gen_seq += 1;
-                    gen_off = 0;
-                }
-            }
+            stage!();
 
             // Write.
             if wpos < wlen {

@@ -139,3 +139,37 @@ fn ipv6_targets_in_brackets_work() {
     assert!(text.contains(&format!("== {target}")), "{text}");
     assert!(text.contains("errors        0"), "{text}");
 }
+
+#[test]
+fn bytes_nobody_sent_are_unsolicited() {
+    // Open loop at 2 msgs/s: message 0 is echoed at once, then the server sends 5 more bytes
+    // 100 ms later, while nothing is outstanding (message 1 is due at 500 ms).
+    let server = TestServer::start(Behavior::ExtraAfter {
+        bytes: 128,
+        delay: std::time::Duration::from_millis(100),
+    });
+    let dir = tmp();
+    let json = path_str(&join(&dir, "r.json"));
+    let out = run(&[
+        "-q",
+        "-c",
+        "1",
+        "--rate",
+        "2",
+        "-d",
+        "1s",
+        "--warmup",
+        "0",
+        "--json",
+        &json,
+        &server.target(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("connection 0: server sent 5 byte(s) that were never sent (from message seq 1 offset 0)"),
+        "{text}"
+    );
+    let j = read_json(std::path::Path::new(&json));
+    assert_eq!(j["targets"][0]["errors"]["unsolicited"], 1);
+}

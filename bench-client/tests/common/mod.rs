@@ -30,6 +30,9 @@ pub enum Behavior {
     CloseAfter(u64),
     /// Echo this many bytes, then reset the connection (SO_LINGER 0).
     ResetAfter(u64),
+    /// Echo normally; once this many bytes were echoed, wait `delay` and send 5 bytes nobody
+    /// asked for.
+    ExtraAfter { bytes: u64, delay: Duration },
 }
 
 pub struct TestServer {
@@ -109,6 +112,18 @@ fn serve(mut stream: TcpStream, behavior: Behavior, first_byte: &OnceLock<Instan
                 if off >= pos && off < pos + n as u64 {
                     chunk[(off - pos) as usize] ^= 0xff;
                 }
+            }
+            Behavior::ExtraAfter { bytes, delay } => {
+                if stream.write_all(chunk).is_err() {
+                    return;
+                }
+                let before = pos;
+                pos += n as u64;
+                if before < bytes && pos >= bytes {
+                    std::thread::sleep(delay);
+                    let _ = stream.write_all(b"extra");
+                }
+                continue;
             }
             Behavior::CloseAfter(limit) | Behavior::ResetAfter(limit) => {
                 let allowed = limit.saturating_sub(pos).min(n as u64) as usize;
