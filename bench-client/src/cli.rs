@@ -16,6 +16,12 @@ use crate::message::HEADER_BYTES;
 
 /// Largest accepted `--rate` (far beyond anything loopback TCP can echo).
 pub const MAX_RATE: f64 = 1e9;
+/// Smallest accepted `--rate`.
+pub const MIN_RATE: f64 = 0.001;
+/// Longest accepted duration of any flag.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Latest accepted `--start-at`: 9999-12-31T23:59:59Z.
+pub const MAX_START_AT_SECS: u64 = 253_402_300_799;
 /// Largest accepted `--size`.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -170,7 +176,7 @@ pub struct BenchArgs {
     pub busy_poll: bool,
 
     /// Open loop: total messages per second over all connections of a target (10000, 10k,
-    /// 1.5M). Latency is then measured from each message's intended send time (corrected for
+    /// 1.5M; 0.001 to 1e9). Latency is then measured from each message's intended send time (corrected for
     /// coordinated omission) and, separately, from its actual send time (service time).
     #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
@@ -218,7 +224,7 @@ pub struct BenchArgs {
     /// Start the measured window at this wall-clock time, so that several echo-bench
     /// processes (on one or several hosts) measure the same window: Unix seconds (1767225600,
     /// 1767225600.5) or RFC3339 UTC (2026-01-01T00:00:00Z). Connections are made first, the
-    /// warmup runs just before. Single target and single round only.
+    /// warmup runs just before. Single target and single round only, at most 24 h ahead.
     #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
     pub start_at: Option<SystemTime>,
 
@@ -309,13 +315,18 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Parse a human duration (`500ms`, `10s`, `1m30s`); `0` and `0s` are allowed.
+/// Parse a human duration (`500ms`, `10s`, `1m30s`); `0` and `0s` are allowed, more than
+/// [`MAX_DURATION`] is refused (so that nanosecond arithmetic on it can never overflow).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("expected a duration like 500ms, 10s or 1m ({e})"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration like 500ms, 10s or 1m ({e})"))?;
+    if d > MAX_DURATION {
+        return Err("must be at most 365 days".into());
+    }
+    Ok(d)
 }
 
 /// Like [`parse_duration`], refusing zero.
@@ -396,6 +407,9 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     if v > MAX_RATE {
         return Err(format!("must be at most {MAX_RATE:.0} messages per second"));
     }
+    if v < MIN_RATE {
+        return Err(format!("must be at least {MIN_RATE} messages per second"));
+    }
     Ok(v)
 }
 
@@ -468,11 +482,16 @@ pub fn parse_target(s: &str) -> Result<TargetSpec, String> {
 /// Parse `--start-at`: Unix seconds (fractional allowed) or RFC3339 UTC.
 pub fn parse_start_at(s: &str) -> Result<SystemTime, String> {
     let t = s.trim();
+    let out_of_range = || "must be between 1970 and 9999-12-31T23:59:59Z".to_string();
     if let Ok(secs) = t.parse::<f64>() {
         if !secs.is_finite() || secs <= 0.0 {
             return Err("Unix time must be positive".into());
         }
-        return Ok(UNIX_EPOCH + Duration::from_secs_f64(secs));
+        if secs > MAX_START_AT_SECS as f64 {
+            return Err(out_of_range());
+        }
+        let d = Duration::try_from_secs_f64(secs).map_err(|_| out_of_range())?;
+        return UNIX_EPOCH.checked_add(d).ok_or_else(out_of_range);
     }
     humantime::parse_rfc3339_weak(t).map_err(|e| {
         format!("expected Unix seconds (1767225600.5) or RFC3339 UTC (2026-01-01T00:00:00Z): {e}")
@@ -518,6 +537,8 @@ mod tests {
         assert!(parse_duration("banana").is_err());
         assert!(parse_duration("10").is_err());
         assert!(parse_nonzero_duration("0s").is_err());
+        assert!(parse_duration("100000000y").is_err());
+        assert_eq!(parse_duration("365days"), Ok(MAX_DURATION));
     }
 
     #[test]
@@ -531,6 +552,8 @@ mod tests {
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("inf").is_err());
         assert!(parse_rate("2000M").is_err());
+        assert!(parse_rate("1e-300").is_err());
+        assert_eq!(parse_rate("0.001"), Ok(0.001));
         assert_eq!(parse_interval("1ms"), Ok(Duration::from_millis(1)));
         assert!(parse_interval("1ns").is_err());
         assert!(parse_interval("999us").is_err());
@@ -582,6 +605,9 @@ mod tests {
             Ok(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
         );
         assert!(parse_start_at("tomorrow").is_err());
+        assert!(parse_start_at("999999999999").is_err());
+        assert!(parse_start_at("1e300").is_err());
+        assert!(parse_start_at("253402300799").is_ok());
         assert!(parse_start_at("-5").is_err());
     }
 

@@ -13,6 +13,8 @@ pub use crate::cli::Arrival;
 use crate::cli::BenchArgs;
 use crate::host;
 
+/// How far in the future `--start-at` may be.
+pub const MAX_START_AT_AHEAD: Duration = Duration::from_secs(24 * 3600);
 /// Most interval histograms one `--hlog` run may produce (per target).
 pub const MAX_INTERVALS: u64 = 1_000_000;
 /// Default connections per target.
@@ -326,8 +328,17 @@ impl BenchConfig {
             .min(connections)
             .max(1);
 
-        if args.start_at.is_some() && (rounds > 1 || targets.len() > 1) {
-            bail!("--start-at needs a single target and a single round (it fixes one measured window)");
+        if let Some(start_at) = args.start_at {
+            if rounds > 1 || targets.len() > 1 {
+                bail!("--start-at needs a single target and a single round (it fixes one measured window)");
+            }
+            if start_at > SystemTime::now() + MAX_START_AT_AHEAD {
+                bail!(
+                    "--start-at {} is more than {} from now",
+                    humantime::format_rfc3339_seconds(start_at),
+                    humantime::format_duration(MAX_START_AT_AHEAD)
+                );
+            }
         }
         if args.hlog.is_some() {
             let intervals =
@@ -457,6 +468,8 @@ mod tests {
         assert!(config(&["--start-at", "1767225600", "--rounds", "2", "127.0.0.1:1"]).is_err());
         assert!(config(&["--name", "a", "--name", "b", "127.0.0.1:1"]).is_err());
         assert!(config(&["--name", "a b", "127.0.0.1:1"]).is_err());
+        let err = config(&["--start-at", "99999999999", "127.0.0.1:1"]).unwrap_err();
+        assert!(err.to_string().contains("more than 1day from now"), "{err}");
     }
 
     #[test]

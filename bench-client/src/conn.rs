@@ -164,7 +164,7 @@ impl Arrivals {
                 period_ns,
                 k,
             } => {
-                let t = *t0_ns + (*k * *period_ns) as u64;
+                let t = t0_ns.saturating_add((*k * *period_ns) as u64);
                 *k += 1.0;
                 t
             }

@@ -264,12 +264,15 @@ pub fn run_trial(
                     ms,
                 )
             }
-            None => (now + START_DELAY_NS, now + START_DELAY_NS + warmup_ns),
+            None => (
+                now + START_DELAY_NS,
+                (now + START_DELAY_NS).saturating_add(warmup_ns),
+            ),
         };
         let window = Window {
             t0_ns,
             measure_start_ns,
-            end_ns: measure_start_ns + duration_to_ns(cfg.duration),
+            end_ns: measure_start_ns.saturating_add(duration_to_ns(cfg.duration)),
         };
         release(starters, Some(window));
 

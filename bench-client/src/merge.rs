@@ -78,7 +78,7 @@ pub fn read_log(
                     ilh.start_timestamp().as_secs_f64()
                 )
             })?;
-        let h: Histogram<u64> = deserializer.deserialize(&mut &raw[..]).map_err(|e| {
+        let h: Histogram<u64> = decode_histogram(&raw, &mut deserializer).map_err(|e| {
             anyhow::anyhow!(
                 "{}: interval at {:.3} s does not decode: {e}",
                 path.display(),
@@ -106,6 +106,67 @@ pub fn read_log(
         );
     }
     Ok(summary)
+}
+
+const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
+const V2_HEADER_BYTES: usize = 40;
+/// Largest decompressed histogram accepted from a file (a 1 ns .. 1 h, 3-digit histogram with
+/// every bucket used is ~300 KiB).
+pub const MAX_DECODED_BYTES: u64 = 64 << 20;
+
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
+}
+
+/// Check that an uncompressed V2 histogram holds the payload its header declares.
+fn check_v2(b: &[u8]) -> Result<(), String> {
+    if be_u32(b, 0) != Some(V2_COOKIE) {
+        return Err("not an HdrHistogram V2 histogram (bad cookie)".into());
+    }
+    let declared = be_u32(b, 4).ok_or("truncated header")? as usize;
+    let present = b.len().saturating_sub(V2_HEADER_BYTES);
+    if b.len() < V2_HEADER_BYTES || declared > present {
+        return Err(format!(
+            "header declares a {declared}-byte payload but only {present} bytes are present"
+        ));
+    }
+    Ok(())
+}
+
+/// Decode a serialised histogram from an untrusted file. hdrhistogram's deserializer sizes its
+/// buffer from the payload length in the header, so a corrupted length would allocate up to
+/// 4 GiB before failing: the lengths are checked against the bytes actually present first, and
+/// compressed histograms are inflated here with a size limit.
+pub fn decode_histogram(raw: &[u8], de: &mut Deserializer) -> Result<Histogram<u64>, String> {
+    use std::io::Read;
+    let inflated;
+    let v2: &[u8] = match be_u32(raw, 0) {
+        Some(V2_COOKIE) => raw,
+        Some(V2_COMPRESSED_COOKIE) => {
+            let declared = be_u32(raw, 4).ok_or("truncated header")? as usize;
+            let present = raw.len().saturating_sub(8);
+            if declared > present {
+                return Err(format!(
+                    "header declares a {declared}-byte compressed payload but only {present} bytes are present"
+                ));
+            }
+            let mut out = Vec::new();
+            flate2::read::ZlibDecoder::new(&raw[8..8 + declared])
+                .take(MAX_DECODED_BYTES + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("compressed payload does not inflate: {e}"))?;
+            if out.len() as u64 > MAX_DECODED_BYTES {
+                return Err(format!("inflates to more than {MAX_DECODED_BYTES} bytes"));
+            }
+            inflated = out;
+            &inflated
+        }
+        _ => return Err("not an HdrHistogram V2 histogram (bad cookie)".into()),
+    };
+    check_v2(v2)?;
+    de.deserialize(&mut &v2[..]).map_err(|e| e.to_string())
 }
 
 /// Merge several logs.
@@ -176,4 +237,57 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
         crate::write_file(path, &buf, args.force)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::{Serializer, V2DeflateSerializer, V2Serializer};
+
+    fn sample() -> Histogram<u64> {
+        let mut h = new_histogram();
+        for v in 1..1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn decodes_both_encodings() {
+        let h = sample();
+        let mut de = Deserializer::new();
+        for compressed in [false, true] {
+            let mut buf = Vec::new();
+            if compressed {
+                V2DeflateSerializer::new().serialize(&h, &mut buf).unwrap();
+            } else {
+                V2Serializer::new().serialize(&h, &mut buf).unwrap();
+            }
+            assert_eq!(decode_histogram(&buf, &mut de).unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn refuses_lying_lengths_without_allocating_them() {
+        let mut de = Deserializer::new();
+        let mut buf = Vec::new();
+        V2Serializer::new().serialize(&sample(), &mut buf).unwrap();
+        buf[4..8].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        let err = decode_histogram(&buf, &mut de).unwrap_err();
+        assert!(err.contains("declares a 4294967280-byte payload"), "{err}");
+
+        let mut buf = Vec::new();
+        V2DeflateSerializer::new()
+            .serialize(&sample(), &mut buf)
+            .unwrap();
+        buf[4..8].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        assert!(decode_histogram(&buf, &mut de)
+            .unwrap_err()
+            .contains("compressed payload"));
+
+        assert!(decode_histogram(b"junk", &mut de)
+            .unwrap_err()
+            .contains("bad cookie"));
+        assert!(decode_histogram(&[], &mut de).is_err());
+    }
 }

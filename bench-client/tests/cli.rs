@@ -33,6 +33,19 @@ fn invalid_flag_values_exit_2_with_one_line() {
     assert_one_line_error(&["merge"], 2, "FILE.hlog");
     assert_one_line_error(&["--interval", "1ns", "127.0.0.1:9"], 2, "at least 1ms");
     assert_one_line_error(&["--rate", "5000M", "127.0.0.1:9"], 2, "at most");
+    assert_one_line_error(&["--rate", "1e-300", "127.0.0.1:9"], 2, "at least 0.001");
+    assert_one_line_error(&["-d", "100000000y", "127.0.0.1:9"], 2, "at most 365 days");
+    assert_one_line_error(
+        &["--warmup", "100000000y", "127.0.0.1:9"],
+        2,
+        "at most 365 days",
+    );
+    assert_one_line_error(
+        &["--spawn-timeout", "100000000y", "127.0.0.1:9"],
+        2,
+        "at most 365 days",
+    );
+    assert_one_line_error(&["--start-at", "1e300", "127.0.0.1:9"], 2, "9999-12-31");
 }
 
 #[test]
@@ -74,6 +87,11 @@ fn invalid_combinations_exit_1_with_one_line() {
         "interval histograms",
     );
     assert_one_line_error(&["--server-cpus", "0", "127.0.0.1:9"], 1, "needs --spawn");
+    assert_one_line_error(
+        &["--start-at", "99999999999", "127.0.0.1:9"],
+        1,
+        "more than 1day from now",
+    );
 }
 
 #[test]
