@@ -4,6 +4,7 @@
 //! intended-time latency and a dashed one for the service time).
 
 use hdrhistogram::Histogram;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 /// A line to draw: label and histogram (ns).
@@ -110,9 +111,12 @@ pub fn render_svg(title: &str, lines: &[PlotLine<'_>]) -> anyhow::Result<String>
                 } else {
                     chart.draw_series(LineSeries::new(pts, style))?
                 };
+                let (dash, gap) = if line.dashed { (5, 3) } else { (24, 0) };
                 series.label(line.label.clone()).legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + 20, y)],
+                    DashedPathElement::new(
+                        vec![(x, y), (x + 24, y)],
+                        dash,
+                        gap,
                         ShapeStyle {
                             color,
                             filled: false,
