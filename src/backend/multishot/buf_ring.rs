@@ -40,13 +40,14 @@ struct Mapping {
 impl Mapping {
     fn new(len: usize) -> io::Result<Self> {
         // SAFETY: a fresh anonymous mapping with no address hint; the kernel picks a range that
-        // overlaps nothing we own. The result is checked before use.
+        // overlaps nothing we own. The result is checked before use. NORESERVE: pages are only
+        // backed once touched, so a large pool of large buffers does not trip overcommit checks.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
