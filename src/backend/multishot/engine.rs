@@ -13,7 +13,7 @@
 //!   any other wake-up source;
 //! - a provided-buffer pool of `buffers × buffer_size` bytes ([`buf_ring`]), the only packet
 //!   memory the engine uses: echo sends straight from the buffer the kernel received into;
-//! - the connections ([`conn`]).
+//! - the connections ([`conn`](super::conn)).
 //!
 //! Idle timeout: a connection whose last progress (bytes received or sent) is older than the
 //! timeout is shut down with a FIN. Progress is stamped with the tick clock, so a connection is
