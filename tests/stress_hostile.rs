@@ -407,6 +407,7 @@ fn reset_half_close_and_vanish_mid_message(runtime: &str, threads: usize) {
         None,
         "echo-bench should have been killed"
     );
+    server.wait_for_fd_count(baseline, Duration::from_secs(20));
     let silent: Vec<TcpStream> = (0..EACH)
         .map(|i| {
             let mut s = connect(addr);
@@ -414,6 +415,12 @@ fn reset_half_close_and_vanish_mid_message(runtime: &str, threads: usize) {
             s
         })
         .collect();
+    // All accepted (otherwise "back to baseline" below could be seen before they were).
+    common::stress::wait_until(
+        "the silent clients accepted",
+        Duration::from_secs(20),
+        || server.fd_count() >= baseline + EACH,
+    );
     let started = Instant::now();
     server.wait_for_fd_count(baseline, Duration::from_secs(20));
     let reclaimed = started.elapsed();
