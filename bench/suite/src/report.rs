@@ -349,6 +349,7 @@ fn throughput_plots(r: &Results, out: &Path) -> anyhow::Result<Vec<String>> {
             .x_desc("connections (log scale)")
             .y_desc("messages/s (median over rounds)")
             .x_label_formatter(&|x| format!("{:.0}", 10f64.powf(*x)))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
         for (i, (label, pts)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
@@ -362,6 +363,7 @@ fn throughput_plots(r: &Results, out: &Path) -> anyhow::Result<Vec<String>> {
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .draw()?;
