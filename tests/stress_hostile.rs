@@ -10,6 +10,8 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::stress::{
@@ -458,20 +460,77 @@ fn reset_half_close_and_vanish_mid_message(runtime: &str, threads: usize) {
 // Connect/close storms.
 
 fn connect_close_storm_fast(runtime: &str, threads: usize) {
-    connect_close_storm(runtime, threads, 4_000);
+    connect_close_storm(runtime, threads, 20_000);
 }
 
 fn connect_close_storm_100k(runtime: &str, threads: usize) {
     connect_close_storm(runtime, threads, 100_000);
 }
 
+fn connect_close_storm(runtime: &str, threads: usize, total: usize) {
+    // uring-multishot still piles up accepted connections under a storm (see the bug test
+    // below), so it keeps the inherited fd limit and is not held to the fd bound.
+    storm(runtime, threads, total, runtime != "uring-multishot");
+}
+
+/// BUG (uring-multishot engine, reported to its owner): under a connect/close storm from 4
+/// clients the engine holds 1,000-1,300 open fds (the other engines: under 40), so with the
+/// common default limit of 1024 fds it hits EMFILE although at most 4 connections exist.
+#[test]
+#[ignore = "BUG in uring-multishot: accepted connections pile up under a storm (EMFILE at 1024 fds)"]
+fn bug_storm_keeps_fds_bounded_uring_multishot() {
+    storm("uring-multishot", 2, 100_000, true);
+}
+
 /// `total` short connections from 4 threads, cycling through four behaviours: a verified echo
 /// then FIN; FIN without a byte; a byte then RST; a write then FIN without reading the echo.
-fn connect_close_storm(runtime: &str, threads: usize, total: usize) {
+///
+/// `bounded`: the server runs with the common default limit of 1024 fds and must never hit
+/// EMFILE, and its open fds must stay near what the clients hold (at most 4 connections):
+/// a server that accepts faster than it serves piles up connections whose clients are gone.
+fn storm(runtime: &str, threads: usize, total: usize, bounded: bool) {
     const WORKERS: usize = 4;
-    let server = spawn(runtime, threads, &[]);
+    const DEFAULT_NOFILE: u64 = 1024;
+    let threads_arg = threads.to_string();
+    let args = [
+        "--runtime",
+        runtime,
+        "--threads",
+        &threads_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--backlog",
+        "4096",
+    ];
+    let server = if bounded {
+        let limit = [common::Rlimit {
+            resource: libc::RLIMIT_NOFILE,
+            soft: DEFAULT_NOFILE,
+        }];
+        TestServer::spawn_with_limits(&args, &limit)
+    } else {
+        TestServer::spawn(&args)
+    };
+    let drops_before = common::stress::listen_drops();
     let baseline = server.fd_count();
     let addr = server.loopback();
+    // Peak of the server's open fds during the storm: at most WORKERS client connections exist
+    // at any time, so anything far above that is accepted work the server has not served.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = Arc::clone(&sampling);
+        let pid = server.pid;
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(Ordering::Relaxed) {
+                if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                    peak = peak.max(dir.count());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        })
+    };
     let started = Instant::now();
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -506,12 +565,36 @@ fn connect_close_storm(runtime: &str, threads: usize, total: usize) {
         w.join().expect("storm worker failed");
     }
     let took = started.elapsed();
+    sampling.store(false, Ordering::Relaxed);
+    let peak_fds = sampler.join().unwrap();
     let settle = Instant::now();
     assert_recovered(&server, baseline, "a connect/close storm");
     let settled = settle.elapsed();
     let exited = server.stop();
     assert_clean_exit(&exited);
-    assert_eq!(exited.count("accepted"), total as u64 + 1);
+    // Every connection is accepted, except those the kernel dropped from a full accept queue
+    // (the client saw its handshake complete; the server never did): ListenDrops counts them.
+    let dropped = common::stress::listen_drops() - drops_before;
+    let accepted = exited.count("accepted");
+    assert!(
+        accepted <= total as u64 + 1 && accepted + dropped > total as u64,
+        "accepted {accepted} of {} with {dropped} listen drops: {:?}",
+        total + 1,
+        exited.summary()
+    );
+    if bounded {
+        assert!(
+            !exited.stderr.contains("Too many open files"),
+            "{} fds were not enough for a storm from {WORKERS} clients (peak {peak_fds}):\n{}",
+            DEFAULT_NOFILE,
+            exited.stderr
+        );
+        assert!(
+            peak_fds <= baseline + 256,
+            "the server held {peak_fds} fds (baseline {baseline}) while at most {WORKERS} client \
+             connections existed: accepted connections are not being served"
+        );
+    }
     // A client that resets before the server accepts can make accept(2) fail (ECONNABORTED):
     // counted, retried at once, never logged. Any other accept error would log a warning.
     assert!(
@@ -526,7 +609,8 @@ fn connect_close_storm(runtime: &str, threads: usize, total: usize) {
     );
     report(&format!(
         "storm {runtime:<15} threads={threads}: {total} short connections in {:.1}s ({:.0}/s), \
-         fds back to {baseline} {:.2}s after the last; summary errors_reset={} errors_pipe={}",
+         server fds peaked at {peak_fds} (baseline {baseline}, at most {WORKERS} client connections \
+         open at once), back to {baseline} {:.2}s after the last; summary errors_reset={} errors_pipe={}",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         settled.as_secs_f64(),

@@ -219,6 +219,12 @@ async fn accept_loop<L: Listener>(
         }
         let buf = listener.buffer();
         tracker.spawn_local(conn::serve(stream, buf, slot, Rc::clone(ctx)));
+        // Let the connections run before accepting the next one. Without this, while accept
+        // keeps succeeding (a connect/close storm), tokio's cooperative budget lets this loop
+        // accept ~128 connections per turn while the local set polls only ~61 tasks: accepted
+        // but unserved connections piled up to 11,000+ open fds from 4 clients, and a server
+        // with the default 1024-fd limit hit EMFILE. Costs one scheduler turn per accept.
+        tokio::task::yield_now().await;
     }
 }
 

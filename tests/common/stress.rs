@@ -581,6 +581,22 @@ pub async fn close_all(streams: Vec<tokio::net::TcpStream>) {
     while set.join_next().await.is_some() {}
 }
 
+/// `TcpExt: ListenDrops` of this network namespace (/proc/net/netstat): handshakes the kernel
+/// completed for a client but dropped because a listener's accept queue was full.
+pub fn listen_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenDrops")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Sets SO_LINGER 0 so that closing sends RST.
 pub fn linger_zero<S: std::os::fd::AsFd>(s: &S) {
     socket2::SockRef::from(s)
