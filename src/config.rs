@@ -95,10 +95,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
     pub backlog: u32,
 
-    /// Per-connection buffer, e.g. 4096, 16KiB, 64k (k/M/G are binary: 64k = 65536)
+    /// I/O buffer size, e.g. 4096, 16KiB, 64k (k/M/G are binary: 64k = 65536)
     ///
-    /// Each connection owns exactly one buffer: the server reads at most this much, writes it
-    /// back completely, and only then reads again. This bounds memory per connection whatever the
+    /// uring and epoll: each connection owns exactly one buffer of this size; the server reads
+    /// at most this much, writes it back completely, and only then reads again. uring-multishot:
+    /// the size of each buffer of the worker's shared provided-buffer ring, of which a connection
+    /// holds at most 4 at a time. Either way memory per connection is bounded whatever the
     /// client does.
     #[arg(long, value_name = "BYTES", default_value = "16KiB", value_parser = parse_size)]
     pub buffer_size: usize,
