@@ -417,6 +417,24 @@ fn run_cell(
     })
 }
 
+/// echo-bench flags of the side runs (syscalls, client cost): 50 connections × 128 B for the
+/// plan's duration and warmup, client pinned to the client CPU.
+fn side_load_args(addr: &str, plan: &Plan) -> Vec<String> {
+    vec![
+        addr.to_string(),
+        "-c".into(),
+        "50".into(),
+        "-s".into(),
+        "128".into(),
+        "-d".into(),
+        format!("{}ms", plan.duration_ms),
+        "--warmup".into(),
+        format!("{}ms", plan.warmup_ms),
+        "--client-cpus".into(),
+        plan.client_cpu.to_string(),
+    ]
+}
+
 /// Counts the server's syscalls with `perf stat -p` while echo-bench drives it.
 fn syscall_run(
     bins: &Bins,
@@ -445,23 +463,14 @@ fn syscall_run(
         server.pid().to_string(),
         "--".into(),
         bins.echo_bench.display().to_string(),
-        addr,
-        "-c".into(),
-        "50".into(),
-        "-s".into(),
-        "128".into(),
-        "-d".into(),
-        format!("{}ms", plan.duration_ms),
-        "--warmup".into(),
-        format!("{}ms", plan.warmup_ms),
-        "--client-cpus".into(),
-        plan.client_cpu.to_string(),
+    ];
+    argv.extend(side_load_args(&addr, plan));
+    argv.extend([
         "--json".into(),
         json.display().to_string(),
         "--force".into(),
         "--quiet".into(),
-    ];
-    argv.shrink_to_fit();
+    ]);
     results.commands.push(shell_quote(&argv));
     let status = Command::new(&argv[0])
         .args(&argv[1..])
@@ -633,21 +642,8 @@ fn client_runs(bins: &Bins, plan: &Plan, out: &Path, results: &mut Results) -> a
         let json = out
             .join("raw")
             .join(format!("client-echo-bench-{round}.json"));
-        let args: Vec<String> = vec![
-            addr.clone(),
-            "-c".into(),
-            "50".into(),
-            "-s".into(),
-            "128".into(),
-            "--threads".into(),
-            "1".into(),
-            "-d".into(),
-            format!("{}ms", plan.duration_ms),
-            "--warmup".into(),
-            format!("{}ms", plan.warmup_ms),
-            "--client-cpus".into(),
-            plan.client_cpu.to_string(),
-        ];
+        let mut args = side_load_args(&addr, plan);
+        args.extend(["--threads".into(), "1".into()]);
         let report = echo_bench(bins, &args, &json, "client efficiency", results)?;
         let t = &report["targets"][0];
         let argv: Vec<String> = vec![
