@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_one_line_error, echo_once, run_to_exit, Rlimit, TestServer, RUNTIMES};
+use common::{
+    assert_one_line_error, echo_once, run_to_exit, Rlimit, TestServer, RUNTIMES, SERVER_FLAGS,
+};
 
 for_each_runtime!(
     sigterm_drains_open_connections_then_summarizes,
@@ -331,25 +333,7 @@ fn help_documents_every_flag() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--runtime",
-        "--listen",
-        "--threads",
-        "--cpus",
-        "--pin",
-        "--backlog",
-        "--buffer-size",
-        "--ipv6-only",
-        "--no-nodelay",
-        "--max-connections",
-        "--idle-timeout",
-        "--drain-timeout",
-        "--stats-interval",
-        "--ring-entries",
-        "--sqpoll",
-        "--coop-taskrun",
-        "--fixed-buffers",
-    ] {
+    for flag in SERVER_FLAGS {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }

@@ -127,29 +127,14 @@ fn server_parsers(cases: u32) {
 
 /// Tokens for random server command lines: every flag, and values good and bad.
 fn server_argv() -> impl Strategy<Value = Vec<String>> {
-    let flag = prop::sample::select(vec![
-        "--runtime",
-        "--listen",
-        "--threads",
-        "--cpus",
-        "--pin",
-        "--backlog",
-        "--buffer-size",
-        "--ipv6-only",
-        "--no-nodelay",
-        "--max-connections",
-        "--idle-timeout",
-        "--drain-timeout",
-        "--stats-interval",
-        "--ring-entries",
-        "--sqpoll",
-        "--coop-taskrun",
-        "--fixed-buffers",
-        "--help",
-        "--version",
-        "-h",
-        "--nonsense",
-    ]);
+    let extra = ["--help", "--version", "-h", "--nonsense"];
+    let flag = prop::sample::select(
+        common::SERVER_FLAGS
+            .iter()
+            .chain(extra.iter())
+            .copied()
+            .collect::<Vec<_>>(),
+    );
     let value = prop_oneof![
         prop::sample::select(vec![
             "uring",

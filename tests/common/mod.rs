@@ -21,6 +21,28 @@ use std::time::{Duration, Instant};
 /// Both engines; tests that apply to both run once per entry.
 pub const RUNTIMES: [&str; 3] = ["uring", "epoll", "uring-multishot"];
 
+/// Every flag of the server, for the --help test and the command-line fuzzer.
+pub const SERVER_FLAGS: [&str; 18] = [
+    "--runtime",
+    "--listen",
+    "--threads",
+    "--cpus",
+    "--pin",
+    "--backlog",
+    "--buffer-size",
+    "--ipv6-only",
+    "--no-nodelay",
+    "--max-connections",
+    "--idle-timeout",
+    "--drain-timeout",
+    "--stats-interval",
+    "--ring-entries",
+    "--sqpoll",
+    "--coop-taskrun",
+    "--fixed-buffers",
+    "--batch-wait",
+];
+
 /// How long a server may take to print its ready line (debug build, busy CI machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Socket read/write timeout for test clients: a hang becomes a failure, not a stuck test.
