@@ -460,35 +460,21 @@ fn reset_half_close_and_vanish_mid_message(runtime: &str, threads: usize) {
 // Connect/close storms.
 
 fn connect_close_storm_fast(runtime: &str, threads: usize) {
-    connect_close_storm(runtime, threads, 20_000);
+    storm(runtime, threads, 20_000);
 }
 
 fn connect_close_storm_100k(runtime: &str, threads: usize) {
-    connect_close_storm(runtime, threads, 100_000);
-}
-
-fn connect_close_storm(runtime: &str, threads: usize, total: usize) {
-    // uring-multishot still piles up accepted connections under a storm (see the bug test
-    // below), so it keeps the inherited fd limit and is not held to the fd bound.
-    storm(runtime, threads, total, runtime != "uring-multishot");
-}
-
-/// BUG (uring-multishot engine, reported to its owner): under a connect/close storm from 4
-/// clients the engine holds 1,000-1,300 open fds (the other engines: under 40), so with the
-/// common default limit of 1024 fds it hits EMFILE although at most 4 connections exist.
-#[test]
-#[ignore = "BUG in uring-multishot: accepted connections pile up under a storm (EMFILE at 1024 fds)"]
-fn bug_storm_keeps_fds_bounded_uring_multishot() {
-    storm("uring-multishot", 2, 100_000, true);
+    storm(runtime, threads, 100_000);
 }
 
 /// `total` short connections from 4 threads, cycling through four behaviours: a verified echo
 /// then FIN; FIN without a byte; a byte then RST; a write then FIN without reading the echo.
 ///
-/// `bounded`: the server runs with the common default limit of 1024 fds and must never hit
-/// EMFILE, and its open fds must stay near what the clients hold (at most 4 connections):
-/// a server that accepts faster than it serves piles up connections whose clients are gone.
-fn storm(runtime: &str, threads: usize, total: usize, bounded: bool) {
+/// The server runs with the common default limit of 1024 fds and must never hit EMFILE, and its
+/// open fds must stay near what the clients hold (at most 4 connections): a server that accepts
+/// faster than it serves piles up connections whose clients are gone (uring-multishot did, with
+/// a multishot accept: 1,000-1,300 fds; epoll did, without yielding after each accept: 11,696).
+fn storm(runtime: &str, threads: usize, total: usize) {
     const WORKERS: usize = 4;
     const DEFAULT_NOFILE: u64 = 1024;
     let threads_arg = threads.to_string();
@@ -502,15 +488,11 @@ fn storm(runtime: &str, threads: usize, total: usize, bounded: bool) {
         "--backlog",
         "4096",
     ];
-    let server = if bounded {
-        let limit = [common::Rlimit {
-            resource: libc::RLIMIT_NOFILE,
-            soft: DEFAULT_NOFILE,
-        }];
-        TestServer::spawn_with_limits(&args, &limit)
-    } else {
-        TestServer::spawn(&args)
-    };
+    let limit = [common::Rlimit {
+        resource: libc::RLIMIT_NOFILE,
+        soft: DEFAULT_NOFILE,
+    }];
+    let server = TestServer::spawn_with_limits(&args, &limit);
     let drops_before = common::stress::listen_drops();
     let baseline = server.fd_count();
     let addr = server.loopback();
@@ -582,19 +564,17 @@ fn storm(runtime: &str, threads: usize, total: usize, bounded: bool) {
         total + 1,
         exited.summary()
     );
-    if bounded {
-        assert!(
-            !exited.stderr.contains("Too many open files"),
-            "{} fds were not enough for a storm from {WORKERS} clients (peak {peak_fds}):\n{}",
-            DEFAULT_NOFILE,
-            exited.stderr
-        );
-        assert!(
-            peak_fds <= baseline + 256,
-            "the server held {peak_fds} fds (baseline {baseline}) while at most {WORKERS} client \
-             connections existed: accepted connections are not being served"
-        );
-    }
+    assert!(
+        !exited.stderr.contains("Too many open files"),
+        "{} fds were not enough for a storm from {WORKERS} clients (peak {peak_fds}):\n{}",
+        DEFAULT_NOFILE,
+        exited.stderr
+    );
+    assert!(
+        peak_fds <= baseline + 256,
+        "the server held {peak_fds} fds (baseline {baseline}) while at most {WORKERS} client \
+         connections existed: accepted connections are not being served"
+    );
     // A client that resets before the server accepts can make accept(2) fail (ECONNABORTED):
     // counted, retried at once, never logged. Any other accept error would log a warning.
     assert!(

@@ -2,14 +2,24 @@
 //!
 //! Why it exists: tokio-uring issues one single-shot accept/recv per operation and has no
 //! provided-buffer rings, which costs a submission (and often a syscall) per message. This engine
-//! keeps one multishot accept and one multishot recv per connection armed in the kernel, so a
-//! steady echo costs one `Send` SQE per received buffer and a handful of `io_uring_enter` calls per
-//! loop iteration shared by every connection.
+//! keeps one multishot recv per connection armed in the kernel, so a steady echo costs one `Send`
+//! SQE per received buffer and a handful of `io_uring_enter` calls per loop iteration shared by
+//! every connection.
+//!
+//! Accept is *not* multishot, on purpose: a multishot accept empties the whole accept queue in
+//! one `io_uring_enter` (the kernel retries while the queue is non-empty). Under a connect/close
+//! storm from 4 clients that meant bursts of ~1,000 accepted sockets whose clients had already
+//! gone, each waiting for its EOF and close round trips: the server held 1,000-1,300 fds while at
+//! most 4 connections were alive, and hit EMFILE at the common 1024-fd limit. Instead
+//! [`ACCEPT_DEPTH`] single-shot accepts are kept in flight and topped up once per loop iteration,
+//! after the batch's closes were queued, so accepting never outruns serving and the rest of a
+//! burst waits in the kernel's accept queue (which `--backlog` sizes). Accepts are rare next to
+//! messages, so the extra SQEs do not show on the echo path.
 //!
 //! What one worker owns (one [`Engine`] per worker thread, created *on* that thread, because the
 //! ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN`):
 //! - the ring; a periodic multishot timeout (the *tick*, [`DEFAULT_TICK`]) that bounds every wait,
-//!   so stop requests, idle timeouts, accept back-off and the drain deadline are noticed without
+//!   so stop requests, idle timeouts and the drain deadline are noticed without
 //!   any other wake-up source;
 //! - a provided-buffer pool of `buffers × buffer_size` bytes ([`buf_ring`]), the only packet
 //!   memory the engine uses: echo sends straight from the buffer the kernel received into;
@@ -71,8 +81,12 @@ use super::conn::{Chunk, Conn, Slab};
 pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
 /// Per-connection cap on received-but-unsent buffers before its recv is paused.
 pub const DEFAULT_MAX_QUEUED_BUFFERS: usize = 4;
-/// Wait after an accept error (EMFILE, ENFILE, ...) before re-arming accept.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// First and largest pause after an accept error (EMFILE, ENFILE, ...) before accepting again:
+/// doubled on each error, reset by a successful accept (the tokio runtimes use the same).
+pub const ACCEPT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_millis(100));
+/// Single-shot accepts kept in flight: the most connections one loop iteration admits.
+pub const ACCEPT_DEPTH: usize = 8;
 /// After the drain deadline forced every socket shut, how long to wait for their CQEs before
 /// abandoning them (closing the fds after the ring is gone).
 const FORCE_GRACE: Duration = Duration::from_secs(2);
@@ -314,9 +328,11 @@ impl Engine {
                 parked: VecDeque::new(),
                 counts: Counts::default(),
                 now: Instant::now(),
-                accept_armed: false,
+                accepts_in_flight: 0,
                 accept_cancel_pending: false,
-                accept_backoff_until: None,
+                backing_off: false,
+                accept_backoff: ACCEPT_BACKOFF.0,
+                backoff_ts: Box::new(Timespec::new()),
                 last_accept_log: None,
                 accept_errors_unlogged: 0,
                 tick_multishot: true,
@@ -335,7 +351,7 @@ impl Engine {
                 min_wait_supported,
             };
             lp.arm_tick();
-            lp.arm_accept();
+            lp.fill_accepts();
             let result = lp.event_loop(&mut cq, stop, force);
             lp.flush_counts();
             // Submit whatever is still queued (a Close among it runs inline), so that the fds
@@ -430,6 +446,8 @@ enum Op {
     Send = 5,
     RecvCancel = 6,
     Close = 7,
+    /// The pause after an accept error is over.
+    AcceptRetry = 8,
 }
 
 const OP_SHIFT: u32 = 56;
@@ -464,6 +482,7 @@ fn decode(ud: u64) -> Option<(Op, u32)> {
         5 => Op::Send,
         6 => Op::RecvCancel,
         7 => Op::Close,
+        8 => Op::AcceptRetry,
         _ => return None,
     };
     Some((op, slot))
@@ -539,9 +558,16 @@ struct Loop<'r, 'p> {
     /// The tick clock: read when a tick completes, so up to one tick old (idle stamps,
     /// deadlines and back-off only need that precision).
     now: Instant,
-    accept_armed: bool,
+    /// Single-shot accepts submitted (or queued) whose CQE has not arrived.
+    accepts_in_flight: usize,
     accept_cancel_pending: bool,
-    accept_backoff_until: Option<Instant>,
+    /// A back-off timeout is pending: no accept is submitted until its CQE.
+    backing_off: bool,
+    /// The next back-off pause.
+    accept_backoff: Duration,
+    /// The pending back-off timeout's duration; boxed so that its address is stable until the
+    /// SQE that points at it has been submitted.
+    backoff_ts: Box<Timespec>,
     last_accept_log: Option<Instant>,
     accept_errors_unlogged: u64,
     tick_multishot: bool,
@@ -586,7 +612,7 @@ impl Loop<'_, '_> {
                 self.force_all();
             }
             if self.stopping
-                && !self.accept_armed
+                && self.accepts_in_flight == 0
                 && !self.accept_cancel_pending
                 && self.listener.is_some()
             {
@@ -595,8 +621,11 @@ impl Loop<'_, '_> {
                 *self.listener = None;
             }
             self.after_batch();
+            // After the batch's closes and re-arms: the kernel runs SQEs in order, so finished
+            // connections are closed before new ones are accepted.
+            self.fill_accepts();
             if self.stopping
-                && !self.accept_armed
+                && self.accepts_in_flight == 0
                 && !self.accept_cancel_pending
                 && self.conns.len() == 0
             {
@@ -681,8 +710,10 @@ impl Loop<'_, '_> {
             return;
         };
         match op {
-            Op::Accept => self.on_accept(res, flags),
+            Op::Accept => self.on_accept(res),
             Op::AcceptCancel => self.accept_cancel_pending = false,
+            // The loop tops the accepts up before its next wait.
+            Op::AcceptRetry => self.backing_off = false,
             Op::Tick => self.on_tick(flags, res),
             Op::Recv => self.on_recv(slot, res, flags),
             Op::Send => self.on_send(slot, res),
@@ -698,23 +729,34 @@ impl Loop<'_, '_> {
 
     // ---- accept -------------------------------------------------------------------------
 
-    fn arm_accept(&mut self) {
-        let entry = opcode::AcceptMulti::new(Fd(self.listen_fd))
+    /// Tops the single-shot accepts in flight up to [`ACCEPT_DEPTH`] (see the module docs for why
+    /// not multishot), unless stopping or backing off after an accept error.
+    fn fill_accepts(&mut self) {
+        if self.stopping || self.backing_off {
+            return;
+        }
+        while self.accepts_in_flight < ACCEPT_DEPTH {
+            let entry = opcode::Accept::new(
+                Fd(self.listen_fd),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
             .flags(libc::SOCK_CLOEXEC)
             .build()
             .user_data(user_data(Op::Accept, 0));
-        // SAFETY: no pointers. The listener stays open while accepting: it is closed only once
-        // this op has ended during a stop, and accept is never re-armed after a stop.
-        debug_assert!(!self.stopping && self.listener.is_some());
-        unsafe { self.sq.push(entry) };
-        self.accept_armed = true;
+            // SAFETY: no pointers (no peer address is asked for). The listener stays open while
+            // accepts are in flight: it is closed only once every one has ended during a stop,
+            // and none is submitted after a stop.
+            debug_assert!(self.listener.is_some());
+            unsafe { self.sq.push(entry) };
+            self.accepts_in_flight += 1;
+        }
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            self.accept_armed = false;
-        }
+    fn on_accept(&mut self, res: i32) {
+        self.accepts_in_flight = self.accepts_in_flight.saturating_sub(1);
         if res >= 0 {
+            self.accept_backoff = ACCEPT_BACKOFF.0;
             self.admit(res);
         } else {
             match -res {
@@ -726,9 +768,6 @@ impl Loop<'_, '_> {
                 }
                 errno => self.accept_error(errno),
             }
-        }
-        if !self.accept_armed && !self.stopping && self.accept_backoff_until.is_none() {
-            self.arm_accept();
         }
     }
 
@@ -751,7 +790,19 @@ impl Loop<'_, '_> {
 
     fn accept_error(&mut self, errno: i32) {
         self.counts.accept_errors += 1;
-        self.accept_backoff_until = Some(self.now + ACCEPT_BACKOFF);
+        // The accepts still in flight most likely fail the same way; one pause covers them.
+        let pause = self.accept_backoff;
+        if !self.backing_off {
+            self.backing_off = true;
+            *self.backoff_ts = Timespec::from(pause);
+            let entry = opcode::Timeout::new(&*self.backoff_ts as *const Timespec)
+                .build()
+                .user_data(user_data(Op::AcceptRetry, 0));
+            // SAFETY: the boxed timespec is only rewritten after this timeout's CQE (guarded by
+            // `backing_off`), and it outlives the final submit in `Engine::run`.
+            unsafe { self.sq.push(entry) };
+            self.accept_backoff = (pause * 2).min(ACCEPT_BACKOFF.1);
+        }
         let due = match self.last_accept_log {
             None => true,
             Some(t) => self.now.duration_since(t) >= Duration::from_secs(1),
@@ -760,7 +811,7 @@ impl Loop<'_, '_> {
             tracing::warn!(
                 error = %io::Error::from_raw_os_error(errno),
                 suppressed = self.accept_errors_unlogged,
-                backoff_ms = ACCEPT_BACKOFF.as_millis() as u64,
+                backoff_ms = pause.as_millis() as u64,
                 "accept failed; backing off"
             );
             self.last_accept_log = Some(self.now);
@@ -794,14 +845,6 @@ impl Loop<'_, '_> {
             self.arm_tick();
         }
         self.flush_counts();
-        if let Some(until) = self.accept_backoff_until {
-            if self.now >= until {
-                self.accept_backoff_until = None;
-                if !self.accept_armed && !self.stopping {
-                    self.arm_accept();
-                }
-            }
-        }
         if let Some(idle) = self.params.idle_timeout {
             for slot in self.conns.slots() {
                 let Some(conn) = self.conns.get_mut(slot) else {
@@ -828,10 +871,13 @@ impl Loop<'_, '_> {
     fn begin_stop(&mut self) {
         self.stopping = true;
         self.drain_deadline = Some(self.now + self.params.drain_timeout);
-        if self.accept_armed && !self.accept_cancel_pending {
-            let entry = opcode::AsyncCancel::new(user_data(Op::Accept, 0))
-                .build()
-                .user_data(user_data(Op::AcceptCancel, 0));
+        if self.accepts_in_flight > 0 && !self.accept_cancel_pending {
+            // One cancel for every accept in flight (they share their user_data).
+            let entry = opcode::AsyncCancel2::new(
+                io_uring::types::CancelBuilder::user_data(user_data(Op::Accept, 0)).all(),
+            )
+            .build()
+            .user_data(user_data(Op::AcceptCancel, 0));
             // SAFETY: no pointers.
             unsafe { self.sq.push(entry) };
             self.accept_cancel_pending = true;
@@ -1153,6 +1199,7 @@ mod tests {
             Op::Send,
             Op::RecvCancel,
             Op::Close,
+            Op::AcceptRetry,
         ] {
             for slot in [0, 1, 77, u32::MAX] {
                 assert_eq!(decode(user_data(op, slot)), Some((op, slot)));
