@@ -153,14 +153,26 @@ impl CpuSource for crate::spawn::Spawned {
 }
 
 /// Sleep until monotonic time `until_ns`, in slices, returning early (false) on interrupt.
-fn sleep_until(until_ns: u64, mut tick: impl FnMut()) -> bool {
+/// How a wait of the coordinator ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    Reached,
+    Interrupted,
+    /// Every client thread has returned: all their connections ended (failed) before the deadline.
+    AllEnded,
+}
+
+fn sleep_until(until_ns: u64, mut tick: impl FnMut(), all_ended: impl Fn() -> bool) -> Waited {
     loop {
         if interrupt::interrupted() {
-            return false;
+            return Waited::Interrupted;
         }
         let now = now_ns();
         if now >= until_ns {
-            return true;
+            return Waited::Reached;
+        }
+        if all_ended() {
+            return Waited::AllEnded;
         }
         tick();
         std::thread::sleep(Duration::from_nanos((until_ns - now).min(50_000_000)));
@@ -289,14 +301,25 @@ pub fn run_trial(
                 }
             }
         };
-        let mut completed_wait = sleep_until(window.measure_start_ns, tick);
+        // Client threads return before the deadline only when all their connections failed: then
+        // the run ends now instead of idling to the end of `--duration`, and the window is cut
+        // to the time that really had load, so that rates are not diluted by dead time.
+        let all_ended = || joins.iter().all(|j| j.is_finished());
+        let mut waited = sleep_until(window.measure_start_ns, tick, all_ended);
         let server_start = server.and_then(|s| s.cpu_ns());
         let client_start = host::self_cpu_ns();
-        if completed_wait {
-            completed_wait = sleep_until(window.end_ns, tick);
+        if waited == Waited::Reached {
+            waited = sleep_until(window.end_ns, tick, all_ended);
         }
         let server_end = server.and_then(|s| s.cpu_ns());
         let client_end = host::self_cpu_ns();
+        let measure_end_ns = match waited {
+            Waited::AllEnded => {
+                eprintln!("echo-bench: every connection has failed; ending the run early");
+                now_ns().clamp(window.measure_start_ns, window.end_ns)
+            }
+            _ => window.end_ns,
+        };
         tick();
 
         // 4. Collect.
@@ -314,7 +337,7 @@ pub fn run_trial(
                 }
             }
         }
-        if !completed_wait || interrupt::interrupted() {
+        if waited == Waited::Interrupted || interrupt::interrupted() {
             bail!("interrupted");
         }
         if let Some(e) = thread_err {
@@ -334,7 +357,7 @@ pub fn run_trial(
             errors: ErrorCounts::default(),
             error_samples: Vec::new(),
             measure_start: anchor.wall_at(window.measure_start_ns),
-            measured_ns: window.end_ns - window.measure_start_ns,
+            measured_ns: measure_end_ns - window.measure_start_ns,
             server_cpu_ns: match (server_start, server_end) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,

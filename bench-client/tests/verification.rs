@@ -89,6 +89,43 @@ fn a_reset_connection_is_an_io_error() {
 }
 
 #[test]
+fn a_run_whose_connections_all_failed_ends_early_with_the_window_cut() {
+    // Every connection is reset after 5 messages: the run must not idle until the end of a
+    // 60 s --duration, and its rates must be over the time that had load, not over 60 s.
+    let server = TestServer::start(Behavior::ResetAfter(5 * 128));
+    let dir = tmp();
+    let json = path_str(&join(&dir, "r.json"));
+    let args: Vec<String> = [
+        "-q", "-c", "2", "-d", "60s", "--warmup", "0", "--json", &json,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([server.target()])
+    .collect();
+    let started = std::time::Instant::now();
+    let out = run_with_timeout(&args, std::time::Duration::from_secs(30));
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("every connection has failed; ending the run early"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took.as_secs() < 30, "took {took:?}");
+    let j = read_json(std::path::Path::new(&json));
+    let t = &j["targets"][0];
+    assert_eq!(t["errors"]["io"], 2);
+    let duration = t["rounds"][0]["duration_s"].as_f64().unwrap();
+    assert!(duration < 30.0, "window not cut: {duration} s");
+    let rate = t["rounds"][0]["msgs_per_s"].as_f64().unwrap();
+    let messages = t["rounds"][0]["messages"].as_f64().unwrap();
+    assert!(
+        (rate - messages / duration).abs() <= 1e-6 * rate.max(1.0),
+        "rate {rate} is not messages / window ({messages} / {duration})"
+    );
+}
+
+#[test]
 fn a_correct_server_passes_with_large_and_odd_sized_messages() {
     let server = TestServer::start(Behavior::Echo);
     for size in ["12", "1000", "100KiB"] {
