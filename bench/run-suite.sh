@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the benchmark suite on a fresh checkout:
-#   bash bench/run-suite.sh                 # targets mode (~15 min): the figures the README quotes
+#   bash bench/run-suite.sh                 # targets mode (~25 min): the figures the README quotes
 #   bash bench/run-suite.sh --mode quick    # a few minutes, indicative only
 #   bash bench/run-suite.sh --mode full     # the whole matrix (hours)
 # Installs perf (syscall counts) if it is missing and we are root, builds the workspace in

@@ -4,7 +4,8 @@
 //! - `quick`: 3 rounds of 1 s, a small matrix. Enough to see the shape; ratios get min–max
 //!   spreads that decide nothing.
 //! - `targets` (default): 9 rounds of 2 s on the cells the project's targets are judged on
-//!   (50 and 500 connections × 128 B and 4 KiB), open loop at 50% and 90% of the epoll
+//!   (1, 50 and 500 connections × 128 B and 4 KiB; every 1-thread cell also runs
+//!   uring-multishot with `--batch-wait`, whose latency price shows most at 1 connection), open loop at 50% and 90% of the epoll
 //!   runtime's saturation rate, syscalls per message, idle RSS at 10,000 connections, and the
 //!   client's own cost.
 //! - `full`: the whole matrix: connections {1, 50, 500, 5000} × sizes {64 B, 128 B, 1 KiB,
@@ -19,7 +20,7 @@ use clap::{Parser, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
-    /// How much to run: quick (minutes), targets (about 15 minutes), full (hours).
+    /// How much to run: quick (minutes), targets (about 25 minutes), full (hours).
     #[arg(long, value_enum, default_value_t = Mode::Targets)]
     pub mode: Mode,
     /// Output directory [default: bench/results/<date>-<host>-<mode>].
@@ -159,7 +160,8 @@ impl Plan {
                 ),
                 Mode::Targets => (
                     "targets",
-                    grid(&[50, 500], &[128, 4096], &[1]),
+                    // 1 connection: the latency price of --batch-wait shows most there.
+                    grid(&[1, 50, 500], &[128, 4096], &[1]),
                     vec![
                         key,
                         Cell {
@@ -171,7 +173,7 @@ impl Plan {
                     2000,
                     500,
                     10_000,
-                    5,
+                    9,
                 ),
                 Mode::Full => (
                     "full",

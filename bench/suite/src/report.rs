@@ -12,7 +12,7 @@ use anyhow::Context;
 use echo_bench::compare::{per_round_ratios, significance, summarize, Significance, Summary};
 use plotters::prelude::*;
 
-use crate::measure::{CellResult, Results, TargetResult};
+use crate::measure::{CellResult, Results, TargetResult, BATCHED, BATCH_WAIT};
 use crate::plan::Plan;
 
 /// `bench/results/<date>-<host>-<mode>` under the current directory.
@@ -211,6 +211,24 @@ fn checks(r: &Results) -> Vec<Check> {
             ),
         });
     }
+    // Completion batching: the same engine, waiting for several completions per wake-up.
+    for conns in [50, 500] {
+        let Some(c) = find(conns, 4096) else { continue };
+        let (Some(t), Some(fl)) = (c.target(BATCHED), c.target("floor")) else {
+            continue;
+        };
+        let cf = per_round(t, fl, |x| x.server_cpu_ns);
+        v.push(Check {
+            what: format!(
+                "{fast} --batch-wait {BATCH_WAIT}, {conns}×4096 B: CPU/msg ≤ 0.90× floor"
+            ),
+            met: Some(cf.median <= 0.90),
+            evidence: format!(
+                "CPU ÷ floor {} (latency price: see \"Completion batching\")",
+                fmt_ratio(&cf)
+            ),
+        });
+    }
     for s in &r.syscalls {
         if s.name == fast {
             let per = s.io_uring_enter as f64 / s.messages.max(1) as f64;
@@ -374,6 +392,57 @@ fn throughput_plots(r: &Results, out: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// Writes results.md, summary.json, plots and a README with the exact commands and machine.
+/// What `--batch-wait` gains (CPU) and costs (latency), against the same engine without it, in
+/// every cell that ran both.
+fn batching_table(md: &mut String, r: &Results) {
+    let rows: Vec<&CellResult> = r
+        .closed
+        .iter()
+        .chain(&r.open)
+        .filter(|c| c.target(BATCHED).is_some() && c.target("uring-multishot").is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Completion batching (`uring-multishot --batch-wait {BATCH_WAIT}`)\n\n\
+         The same engine waiting for several completions per wake-up (`N,T`: N completions, \
+         at most T), against itself without the knob, in the same rounds.\n\n\
+         | cell | load | CPU ÷ uring-multishot | CPU ÷ floor | msgs/s ÷ uring-multishot | p50 µs (without → with) | p99 µs (without → with) |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for c in rows {
+        let (Some(b), Some(m)) = (c.target(BATCHED), c.target("uring-multishot")) else {
+            continue;
+        };
+        let load = match c.rate_fraction {
+            None => "closed loop".to_string(),
+            Some(f) => format!("open loop {:.0}%", f * 100.0),
+        };
+        let closed = c.rate.is_none();
+        let ratio = |base: Option<&TargetResult>,
+                     f: &dyn Fn(&crate::measure::Round) -> Option<f64>| {
+            base.filter(|_| closed)
+                .map(|base| fmt_ratio(&per_round(b, base, f)))
+                .unwrap_or_else(|| "—".into())
+        };
+        let _ = writeln!(
+            md,
+            "| {}×{} B | {load} | {} | {} | {} | {:.0} → {:.0} | {:.0} → {:.0} |",
+            c.cell.connections,
+            c.cell.size_bytes,
+            ratio(Some(m), &|x| x.server_cpu_ns),
+            ratio(c.target("floor"), &|x| x.server_cpu_ns),
+            ratio(Some(m), &|x| Some(x.msgs_per_s)),
+            m.p50_us,
+            b.p50_us,
+            m.p99_us,
+            b.p99_us,
+        );
+    }
+}
+
 pub fn write(plan: &Plan, r: &Results, out: &Path) -> anyhow::Result<()> {
     let kernel = cmd_line("uname", &["-srm"])?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -430,6 +499,7 @@ pub fn write(plan: &Plan, r: &Results, out: &Path) -> anyhow::Result<()> {
             cell_table(&mut md, c);
         }
     }
+    batching_table(&mut md, r);
     let _ = writeln!(
         md,
         "\n## Syscalls per message (perf stat on the server, 50 × 128 B, one run)\n"
