@@ -38,8 +38,8 @@ pub enum RuntimeKind {
     Uring,
     /// epoll through tokio: readiness notification, then read(2)/write(2).
     Epoll,
-    /// io_uring driven directly: multishot accept/recv into a provided-buffer ring, sends straight
-    /// from the received buffer (Linux >= 6.1; SINGLE_ISSUER|DEFER_TASKRUN)
+    /// io_uring driven directly: multishot recv into a provided-buffer ring, sends straight from
+    /// the received buffer, bounded single-shot accepts (Linux >= 6.1; SINGLE_ISSUER|DEFER_TASKRUN)
     UringMultishot,
 }
 

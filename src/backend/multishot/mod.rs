@@ -2,8 +2,9 @@
 //!
 //! Why a second io_uring engine: tokio-uring submits one single-shot accept/recv per operation
 //! and has no provided-buffer rings, so its per-message cost lands above a plain epoll server.
-//! This engine keeps multishot accept and multishot recv armed, receives into a shared
-//! provided-buffer ring and echoes straight from it; see [`engine`] for the design and invariants.
+//! This engine keeps a multishot recv armed per connection, receives into a shared
+//! provided-buffer ring and echoes straight from it (accepts stay single-shot and bounded, see
+//! [`engine`] for why, and for the design and invariants).
 //!
 //! Layout: [`engine`] is the event loop and depends on nothing else in the crate (tests drive it
 //! in-process with their own stats sink and stop flags); [`buf_ring`] is the provided-buffer pool;
