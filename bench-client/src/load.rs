@@ -121,6 +121,9 @@ pub struct TrialResult {
     pub errors: ErrorCounts,
     /// The first few error descriptions.
     pub error_samples: Vec<String>,
+    /// The trial ended before its deadline because every connection had failed (the window is
+    /// cut to that moment).
+    pub ended_early: bool,
     /// Wall-clock start of the measured window.
     pub measure_start: SystemTime,
     /// Length of the measured window, ns.
@@ -314,10 +317,7 @@ pub fn run_trial(
         let server_end = server.and_then(|s| s.cpu_ns());
         let client_end = host::self_cpu_ns();
         let measure_end_ns = match waited {
-            Waited::AllEnded => {
-                eprintln!("echo-bench: every connection has failed; ending the run early");
-                now_ns().clamp(window.measure_start_ns, window.end_ns)
-            }
+            Waited::AllEnded => now_ns().clamp(window.measure_start_ns, window.end_ns),
             _ => window.end_ns,
         };
         tick();
@@ -357,6 +357,7 @@ pub fn run_trial(
             errors: ErrorCounts::default(),
             error_samples: Vec::new(),
             measure_start: anchor.wall_at(window.measure_start_ns),
+            ended_early: waited == Waited::AllEnded,
             measured_ns: measure_end_ns - window.measure_start_ns,
             server_cpu_ns: match (server_start, server_end) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),

@@ -92,6 +92,8 @@ pub struct TargetRun {
     pub totals: Totals,
     /// First error descriptions.
     pub error_samples: Vec<String>,
+    /// A round ended before its deadline because every connection had failed.
+    pub ended_early: bool,
 }
 
 /// Counters summed over rounds.
@@ -137,6 +139,7 @@ impl TargetRun {
             intervals: Vec::new(),
             totals: Totals::default(),
             error_samples: Vec::new(),
+            ended_early: false,
         }
     }
 

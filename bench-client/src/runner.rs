@@ -67,6 +67,7 @@ fn absorb(
         t.server_cpu_ns = Some(t.server_cpu_ns.unwrap_or(0) + s);
     }
     t.errors.merge(&res.errors);
+    run.ended_early |= res.ended_early;
     for s in res.error_samples {
         if run.error_samples.len() < load::ERROR_SAMPLES {
             run.error_samples.push(s);
@@ -260,8 +261,13 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     }
     if errors_total > 0 {
         let first = runs.iter().flat_map(|r| r.error_samples.first()).next();
+        let early = if runs.iter().any(|r| r.ended_early) {
+            " (every connection failed, so the run ended early)"
+        } else {
+            ""
+        };
         eprintln!(
-            "echo-bench: {errors_total} connection error(s){}",
+            "echo-bench: {errors_total} connection error(s){early}{}",
             first.map(|f| format!("; first: {f}")).unwrap_or_default()
         );
     }

@@ -107,7 +107,7 @@ fn a_run_whose_connections_all_failed_ends_early_with_the_window_cut() {
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("every connection has failed; ending the run early"),
+        stderr(&out).contains("(every connection failed, so the run ended early); first: "),
         "{}",
         stderr(&out)
     );
