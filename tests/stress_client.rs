@@ -357,31 +357,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 
 /// A valid interval log with `n` intervals of 100 values each.
 fn valid_hlog(n: usize) -> Vec<u8> {
-    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
-    use hdrhistogram::serialization::V2DeflateSerializer;
-    let mut out = Vec::new();
-    let mut ser = V2DeflateSerializer::new();
-    {
-        let mut w = IntervalLogWriterBuilder::new()
-            .with_base_time(std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600))
-            .begin_log_with(&mut out, &mut ser)
-            .unwrap();
-        for i in 0..n {
-            let mut h =
-                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
-            for v in 0..100u64 {
-                h.record(10_000 + v * 100 + i as u64).unwrap();
-            }
-            w.write_histogram(
-                &h,
-                Duration::from_secs(i as u64),
-                Duration::from_secs(1),
-                None,
-            )
-            .unwrap();
-        }
-    }
-    out
+    let intervals: Vec<(Vec<u64>, bool)> = (0..n as u64)
+        .map(|i| ((0..100u64).map(|v| 10_000 + v * 100 + i).collect(), false))
+        .collect();
+    common::stress::hlog(&intervals)
 }
 
 #[test]

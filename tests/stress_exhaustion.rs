@@ -276,14 +276,7 @@ fn small_ring_500_connections(runtime: &str, threads: usize) {
     assert_eq!(exited.status.code(), Some(0), "{}", exited.stderr);
     assert_eq!(exited.count("accepted"), CONNS as u64 + 1);
     assert!(exited.count("bytes_echoed") >= total);
-    for key in [
-        "errors_reset",
-        "errors_pipe",
-        "errors_other",
-        "accept_errors",
-    ] {
-        assert_eq!(exited.count(key), 0, "{key}: {:?}", exited.summary());
-    }
+    exited.assert_zero(&common::ERROR_COUNTERS);
     report(&format!(
         "small ring {runtime:<15} threads={threads}: --ring-entries 8, {CONNS} connections x 4 rounds \
          ({} MiB) echoed exactly in {:.2}s",

@@ -17,7 +17,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 
-use common::stress::env_u64;
+use common::stress::{env_u64, hlog};
 
 const FAST_CASES: u32 = 256;
 
@@ -394,36 +394,6 @@ fn message_verifier(cases: u32) {
 
 // ---------------------------------------------------------------------------------------------
 // The interval-log reader behind `echo-bench merge`.
-
-/// A valid interval log (V2 deflate, like echo-bench writes) of `intervals`; some tagged.
-fn hlog(intervals: &[(Vec<u64>, bool)]) -> Vec<u8> {
-    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-    use hdrhistogram::serialization::V2DeflateSerializer;
-    let mut out = Vec::new();
-    let mut ser = V2DeflateSerializer::new();
-    {
-        let mut w = IntervalLogWriterBuilder::new()
-            .with_base_time(std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600))
-            .begin_log_with(&mut out, &mut ser)
-            .unwrap();
-        for (i, (values, tagged)) in intervals.iter().enumerate() {
-            let mut h =
-                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
-            for v in values {
-                h.record(*v).unwrap();
-            }
-            let tag = tagged.then(|| Tag::new("service").unwrap());
-            w.write_histogram(
-                &h,
-                Duration::from_secs(i as u64),
-                Duration::from_secs(1),
-                tag,
-            )
-            .unwrap();
-        }
-    }
-    out
-}
 
 fn intervals() -> impl Strategy<Value = Vec<(Vec<u64>, bool)>> {
     prop::collection::vec(

@@ -185,9 +185,7 @@ fn multi_host(runtime: &str, threads: usize, secs: u64) {
         messages * SIZE,
         sent * SIZE
     );
-    for key in ["errors_reset", "errors_pipe", "errors_other"] {
-        assert_eq!(exited.count(key), 0, "{key}: {:?}", exited.summary());
-    }
+    exited.assert_zero(&["errors_reset", "errors_pipe", "errors_other"]);
     report(&format!(
         "multi-host {runtime:<15} threads={threads}: 2 client namespaces x {CONNS} conns, {secs}s \
          window starting {}; merged {merged_count} = sum of both; p99 {:.0}us p99.9 {:.0}us; server \

@@ -79,14 +79,7 @@ fn scale(runtime: &str, threads: usize, conns: usize) {
         "{:?}",
         exited.summary()
     );
-    for key in [
-        "errors_reset",
-        "errors_pipe",
-        "errors_other",
-        "accept_errors",
-    ] {
-        assert_eq!(exited.count(key), 0, "{key}: {:?}", exited.summary());
-    }
+    exited.assert_zero(&common::ERROR_COUNTERS);
 
     let per_conn = |kib: u64| (kib.saturating_sub(rss_base) * 1024) as f64 / conns as f64;
     let connects = Percentiles::of(&connect_times);

@@ -110,14 +110,7 @@ fn run(runtime: &str, threads: usize, secs: u64) {
     assert!(!exited.stderr.contains("panicked"), "{}", exited.stderr);
     assert_eq!(exited.count("accepted"), 2 * CONNS as u64);
     assert_eq!(exited.count("closed"), 2 * CONNS as u64);
-    for key in [
-        "errors_reset",
-        "errors_pipe",
-        "errors_other",
-        "accept_errors",
-    ] {
-        assert_eq!(exited.count(key), 0, "{key}: {:?}", exited.summary());
-    }
+    exited.assert_zero(&common::ERROR_COUNTERS);
     let measured = closed["messages"].as_u64().unwrap() + open["messages"].as_u64().unwrap();
     let echoed = exited.count("bytes_echoed");
     assert!(

@@ -81,6 +81,14 @@ pub struct Rlimit {
     pub soft: u64,
 }
 
+/// The summary counters of failures: zero in any run where nothing went wrong.
+pub const ERROR_COUNTERS: [&str; 4] = [
+    "errors_reset",
+    "errors_pipe",
+    "errors_other",
+    "accept_errors",
+];
+
 /// Result of a stopped or exited server.
 #[derive(Debug)]
 pub struct Exited {
@@ -104,6 +112,13 @@ impl Exited {
             .unwrap_or_else(|| panic!("summary has no {key}: {summary:?}"))
             .parse()
             .unwrap_or_else(|_| panic!("summary {key} is not a number: {summary:?}"))
+    }
+
+    /// Asserts that each of these summary counters is zero (e.g. [`ERROR_COUNTERS`]).
+    pub fn assert_zero(&self, keys: &[&str]) {
+        for key in keys {
+            assert_eq!(self.count(key), 0, "{key}: {:?}", self.summary());
+        }
     }
 
     /// Non-empty stderr lines.

@@ -710,3 +710,33 @@ pub fn enter_netns(name: &str) {
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
+
+/// A valid interval log (V2 deflate, like echo-bench writes) of `intervals`; some tagged.
+pub fn hlog(intervals: &[(Vec<u64>, bool)]) -> Vec<u8> {
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let mut out = Vec::new();
+    let mut ser = V2DeflateSerializer::new();
+    {
+        let mut w = IntervalLogWriterBuilder::new()
+            .with_base_time(std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600))
+            .begin_log_with(&mut out, &mut ser)
+            .unwrap();
+        for (i, (values, tagged)) in intervals.iter().enumerate() {
+            let mut h =
+                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+            for v in values {
+                h.record(*v).unwrap();
+            }
+            let tag = tagged.then(|| Tag::new("service").unwrap());
+            w.write_histogram(
+                &h,
+                Duration::from_secs(i as u64),
+                Duration::from_secs(1),
+                tag,
+            )
+            .unwrap();
+        }
+    }
+    out
+}
