@@ -1,103 +1,57 @@
-//! `--runtime uring-multishot`: the io_uring engine written directly on the `io-uring` crate.
+//! `--runtime uring-multishot`: an echo engine written directly on the `io-uring` crate.
 //!
-//! Why a second io_uring engine: tokio-uring submits one single-shot accept/recv per operation
-//! and has no provided-buffer rings, so its per-message cost lands above a plain epoll server.
-//! This engine keeps a multishot recv armed per connection, receives into a shared
-//! provided-buffer ring and echoes straight from it (accepts stay single-shot and bounded, see
-//! [`engine`] for why, and for the design and invariants).
+//! Why it exists: tokio-uring issues one single-shot accept/recv per operation and has no
+//! provided-buffer rings, which costs a submission (and often a syscall) per message. This engine
+//! keeps one multishot recv per connection armed in the kernel, receives into a shared
+//! provided-buffer ring and echoes straight from the buffer the kernel filled, so a steady echo
+//! costs one `Send` SQE per received buffer and a handful of `io_uring_enter` calls per loop
+//! iteration shared by every connection.
 //!
-//! Layout: [`engine`] is the event loop and depends on nothing else in the crate (tests drive it
-//! in-process with their own stats sink and stop flags); [`buf_ring`] is the provided-buffer pool;
-//! [`conn`] the per-connection state. This file adapts it to the server: [`Config`] -> engine
-//! parameters, the worker's [`WorkerStats`] and the global connection count as the stats sink,
-//! the [`Shutdown`](crate::shutdown::Shutdown) tokens as stop/force.
+//! What one worker owns (one [`Engine`] per worker thread, created *on* that thread, because the
+//! ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN`; the type is not `Send`):
+//! - the ring, with a periodic tick that bounds every wait and, with `--idle-timeout`, an idle
+//!   sweep timer;
+//! - a provided-buffer pool of `buffers × buffer_size` bytes, the only packet memory the engine
+//!   uses;
+//! - the connections, each with at most one send in flight and a bounded queue of received
+//!   buffers.
 //!
-//! Semantics shared with the other runtimes (the `conn`/`backend` modules): rejected connections
-//! are accepted and closed at once, idle and forced closes are not counted as errors, the first
-//! I/O error of a connection is counted by kind, late accepts during a stop count as rejected, and
-//! the listener is closed once accepting has stopped so new attempts are refused while draining.
+//! What happens to connections (admission, accept back-off and its log, error kinds, drain grace,
+//! idle timing) is [`crate::policy`], shared with the tokio engines, and counts reach
+//! [`crate::stats`] through [`WorkerStats::add`](crate::stats::WorkerStats::add) like theirs:
+//! rejected connections are accepted and closed at once, idle and forced closes are not errors,
+//! the first I/O error of a connection is counted by kind, late accepts during a stop count as
+//! rejected, and the listener is closed once accepting has stopped so new attempts are refused
+//! while draining.
+//!
+//! Files, by concern:
+//! - `engine`: [`Engine`] setup, run and teardown (what happens to buffers that abandoned
+//!   operations may still use), the [`Report`];
+//! - `event_loop`: the loop state (grouped: accepts, lifecycle, timers, batching, counters), the
+//!   loop, the wait, timers, stop and drain;
+//! - `accept`: bounded single-shot accepts (why not multishot), admission, back-off;
+//! - `ops` and `conn`: per-connection receive/send/close and their invariants (backpressure);
+//! - `batch`: how long each wait waits (`--batch-wait`);
+//! - `buf_ring`: the provided-buffer pool and its per-buffer ownership checks;
+//! - `sq`: the submission queue wrapper and user_data encoding;
+//! - [`probe`]: kernel features, found by trying them.
 
-pub mod buf_ring;
-pub mod conn;
-pub mod engine;
+mod accept;
+mod batch;
+mod buf_ring;
+mod conn;
+mod engine;
+mod event_loop;
+mod ops;
+mod params;
+pub mod probe;
+mod sq;
 
-use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use engine::{Counts, Engine, MultishotParams, StatsSink};
+pub use accept::ACCEPT_DEPTH;
+pub use engine::{Engine, Report};
+pub use params::{default_buffer_count, Params, DEFAULT_MAX_QUEUED_BUFFERS, DEFAULT_TICK};
 
 use super::Worker;
-use crate::config::Config;
-use crate::stats::WorkerStats;
-
-/// Engine parameters for one worker of `config`.
-pub(crate) fn params(config: &Config) -> MultishotParams {
-    let mut p = MultishotParams::new(config.buffer_size);
-    p.ring_entries = config.uring.ring_entries;
-    p.max_connections = config.max_connections;
-    p.idle_timeout = config.idle_timeout;
-    p.drain_timeout = config.drain_timeout;
-    p.nodelay = config.nodelay;
-    p.batch_wait = config.uring.batch_wait.map(|b| engine::BatchWait {
-        min_completions: b.min_completions,
-        timeout: b.timeout,
-    });
-    p
-}
-
-/// The server's per-worker counters and global connection count, seen as a [`StatsSink`].
-struct Sink<'a> {
-    stats: &'a WorkerStats,
-    active: &'a AtomicUsize,
-}
-
-impl StatsSink for Sink<'_> {
-    fn add(&self, c: &Counts) {
-        // Called once per tick with small counts; the WorkerStats API counts one event per call.
-        for _ in 0..c.accepted {
-            self.stats.accepted();
-        }
-        for _ in 0..c.rejected {
-            self.stats.rejected();
-        }
-        for _ in 0..c.closed {
-            self.stats.closed();
-        }
-        if c.bytes_echoed > 0 {
-            self.stats.echoed(c.bytes_echoed as usize);
-        }
-        for _ in 0..c.idle_timeouts {
-            self.stats.idle_timeout();
-        }
-        let errors = [
-            (c.errors_reset, libc::ECONNRESET),
-            (c.errors_pipe, libc::EPIPE),
-            (c.errors_other, libc::EIO),
-        ];
-        for (n, errno) in errors {
-            for _ in 0..n {
-                self.stats.conn_error(&io::Error::from_raw_os_error(errno));
-            }
-        }
-        for _ in 0..c.accept_errors {
-            self.stats.accept_error();
-        }
-    }
-
-    fn conn_opened(&self, limit: Option<usize>) -> bool {
-        // Same rule as `conn::ActiveSlot`: one shared count over all workers and engines.
-        let previous = self.active.fetch_add(1, Ordering::AcqRel);
-        if limit.is_some_and(|max| previous >= max) {
-            self.active.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    fn conn_closed(&self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Runs one worker: builds the ring on this thread (SINGLE_ISSUER), reports ready, serves until
 /// the shutdown tokens say otherwise.
@@ -108,7 +62,7 @@ pub(crate) fn run_worker(worker: Worker) {
         shared,
         ready,
     } = worker;
-    let params = params(&shared.config);
+    let params = Params::from_config(&shared.config);
     let (buffers, buffer_size) = (params.buffers, params.buffer_size);
     let engine = match Engine::new(listener, params) {
         Ok(engine) => engine,
@@ -124,16 +78,12 @@ pub(crate) fn run_worker(worker: Worker) {
         buffers,
         buffer_size,
         pool_bytes = buffers * buffer_size,
+        features = ?probe::features(),
         "uring-multishot worker ready"
     );
     ready.ok();
-    let sink = Sink {
-        stats: shared.stats.worker(index),
-        active: &shared.active,
-    };
-    let stop = || shared.shutdown.stop_token().is_cancelled();
-    let force = || shared.shutdown.force_token().is_cancelled();
-    match engine.run(&sink, &stop, &force) {
+    let stats = shared.stats.worker(index);
+    match engine.run(stats, &shared.admission, &shared.shutdown) {
         Ok(report) => tracing::debug!(worker = index, ?report, "uring-multishot worker done"),
         Err(err) => tracing::error!(worker = index, error = %err, "uring-multishot worker failed"),
     }
