@@ -5,7 +5,9 @@
 //! combinations the kernel refuses, CPUs that do not exist. Everything after this module can trust
 //! its input, and every refusal is one line that names the flag.
 //!
-//! Value parsers live here too (sizes, CPU lists, durations) so they are unit-tested in one place.
+//! Sizes, durations and CPU lists are parsed by `echo_units`, which echo-bench uses too, so a
+//! value means the same on both command lines (`2` is two seconds, `1G` is 1024³ bytes, a CPU
+//! listed twice is an error). Only `--batch-wait`, which no other tool has, is parsed here.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use echo_units::{format_cpu_list, parse_cpu_list, parse_duration, parse_size, CpuList};
 
 /// Default listen address: dual-stack, on the port of the classic Python echo tutorial.
 pub const DEFAULT_LISTEN: &str = "[::]:65432";
@@ -81,7 +84,8 @@ pub struct Cli {
 
     /// Pin worker threads to CPUs: thread i runs on the i-th listed CPU (implies --pin)
     ///
-    /// A list such as `0,2-3`. With fewer CPUs than threads, threads wrap around the list.
+    /// A list such as `0,2-3`, taken as a set in ascending order (a CPU listed twice is an
+    /// error). With fewer CPUs than threads, threads wrap around the list.
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub cpus: Option<CpuList>,
 
@@ -96,7 +100,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
     pub backlog: u32,
 
-    /// I/O buffer size, e.g. 4096, 16KiB, 64k (k/M/G are binary: 64k = 65536)
+    /// I/O buffer size, e.g. 4096, 16KiB, 64k (every unit is binary: 64k = 64KB = 65536)
     ///
     /// uring and epoll: each connection owns exactly one buffer of this size; the server reads
     /// at most this much, writes it back completely, and only then reads again. uring-multishot:
@@ -118,22 +122,22 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections: usize,
 
-    /// Close a connection after SECS without progress (0 = never); also 500ms, 2m...
+    /// Close a connection after SECS without progress (0 = never); 0.5 or 500ms, 2m...
     ///
     /// The timer restarts with every read or write that completes. The peer sees a FIN (or a
     /// reset, if it had sent data the server never read).
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long open connections may finish before they are closed
     ///
     /// Plain numbers are seconds; humantime units work too (500ms, 1m). A second signal closes
     /// them at once.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_secs)]
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Print a `stats:` line to stderr every SECS (0 = never; at least 10ms)
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    /// Print a `stats:` line to stderr every SECS (0 = never; at least 10ms = 0.01)
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
     /// (uring, uring-multishot) Submission queue entries per ring (rounded up to a power of two) [default: 256]
@@ -332,7 +336,7 @@ impl TryFrom<Cli> for Config {
         let cpus = if cli.cpus.is_some() || cli.pin {
             let allowed = allowed_cpus().context("cannot read this process's CPU affinity")?;
             let cpus = match cli.cpus {
-                Some(CpuList(list)) => list,
+                Some(list) => list.into_vec(),
                 None => allowed.clone(),
             };
             if let Some(bad) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
@@ -386,94 +390,13 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Parses a byte size: `4096`, `16KiB`, `64k`, `1M`, `1GiB` (all units binary, case-insensitive).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let value: usize = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 16KiB, 64k, 1M)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use B, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    value
-        .checked_mul(1usize << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-/// A parsed `--cpus` list: ascending, distinct CPU numbers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CpuList(pub Vec<usize>);
-
-/// Parses a CPU list such as `0,2-3` into ascending, distinct CPU numbers.
-pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
-    let mut cpus = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        let parse = |n: &str| {
-            n.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?} is not a CPU list (example: 0,2-3)"))
-        };
-        match part.split_once('-') {
-            Some((lo, hi)) => {
-                let (lo, hi) = (parse(lo)?, parse(hi)?);
-                if lo > hi {
-                    return Err(format!("{s:?}: range {lo}-{hi} is backwards"));
-                }
-                cpus.extend(lo..=hi);
-            }
-            None => cpus.push(parse(part)?),
-        }
-    }
-    if let Some(cpu) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
-        return Err(format!(
-            "{s:?}: CPU {cpu} is beyond the kernel's CPU set size"
-        ));
-    }
-    let len = cpus.len();
-    cpus.sort_unstable();
-    cpus.dedup();
-    if cpus.len() != len {
-        return Err(format!("{s:?}: a CPU is listed twice"));
-    }
-    Ok(CpuList(cpus))
-}
-
-/// Formats CPUs as a compact list (`0-3,6`), the inverse of [`parse_cpu_list`].
-pub fn format_cpu_list(cpus: &[usize]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let start = cpus[i];
-        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
-            i += 1;
-        }
-        out.push(if cpus[i] == start {
-            start.to_string()
-        } else {
-            format!("{start}-{}", cpus[i])
-        });
-        i += 1;
-    }
-    out.join(",")
-}
-
-/// Parses `--batch-wait N,DUR`: at least one completion, and a duration of 1us..=1s.
+/// Parses `--batch-wait N,DUR`: at least one completion, and a duration of 1us..=1s (a bare
+/// number is seconds, as for every duration).
 pub fn parse_batch_wait(s: &str) -> Result<BatchWait, String> {
     let usage = || format!("{s:?} is not N,DURATION (example: 8,100us)");
     let (n, dur) = s.split_once(',').ok_or_else(usage)?;
     let min_completions: u32 = n.trim().parse().map_err(|_| usage())?;
-    let timeout = humantime::parse_duration(dur.trim()).map_err(|_| usage())?;
+    let timeout = parse_duration(dur).map_err(|e| format!("{s:?}: {e}"))?;
     if min_completions == 0 {
         return Err(format!("{s:?}: N must be at least 1"));
     }
@@ -484,17 +407,6 @@ pub fn parse_batch_wait(s: &str) -> Result<BatchWait, String> {
         min_completions,
         timeout,
     })
-}
-
-/// Parses a duration: a plain number is seconds (`30`, `0.5`), else humantime (`500ms`, `2m`).
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{s:?} is not a valid number of seconds"));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration (examples: 30, 0.5, 500ms, 2m): {e}"))
 }
 
 #[cfg(test)]
@@ -519,55 +431,20 @@ mod tests {
             (bw.min_completions, bw.timeout),
             (8, Duration::from_micros(100))
         );
-        for bad in ["8", "0,100us", "8,0us", "8,2s", "x,100us", "8,soon"] {
+        // The duration is read like every other duration: a bare number is seconds.
+        assert_eq!(
+            parse_batch_wait("8,0.0001").map(|b| b.timeout),
+            Ok(Duration::from_micros(100))
+        );
+        for bad in [
+            "8", "0,100us", "8,0us", "8,2s", "8,2", "x,100us", "8,soon", "8,-1",
+        ] {
             assert!(parse_batch_wait(bad).is_err(), "{bad}");
         }
         let c = config(&["--runtime", "uring-multishot", "--batch-wait", "4,50us"]).unwrap();
         assert_eq!(c.uring.batch_wait.map(|b| b.min_completions), Some(4));
         let err = config(&["--runtime", "uring", "--batch-wait", "4,50us"]).unwrap_err();
         assert!(err.to_string().contains("uring-multishot only"), "{err}");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
-        assert_eq!(parse_size("64k"), Ok(64 * 1024));
-        assert_eq!(parse_size("64 KB"), Ok(64 * 1024));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("7b"), Ok(7));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("KiB").is_err());
-        assert!(parse_size("12q").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0"), Ok(CpuList(vec![0])));
-        assert_eq!(parse_cpu_list("0,2-3"), Ok(CpuList(vec![0, 2, 3])));
-        assert_eq!(parse_cpu_list("3, 1"), Ok(CpuList(vec![1, 3])));
-        assert!(parse_cpu_list("1,1").is_err());
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("a").is_err());
-        assert!(parse_cpu_list("").is_err());
-        assert!(parse_cpu_list("1-").is_err());
-        assert!(parse_cpu_list("100000").is_err());
-        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
-        assert_eq!(format_cpu_list(&[5]), "5");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_secs("0"), Ok(Duration::ZERO));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("soon").is_err());
     }
 
     #[test]

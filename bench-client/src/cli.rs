@@ -1,8 +1,10 @@
 //! Command-line flags (clap derive) and their value parsers.
 //!
 //! [`Cli`] is the raw, syntactically checked command line; [`crate::config`] turns it into a
-//! validated configuration. Value parsers live here so that every malformed value (`-c 0`,
-//! `-d banana`, `--size 4`) is rejected by clap with exit code 2 before anything runs.
+//! validated configuration. Value parsers are wired here so that every malformed value (`-c 0`,
+//! `-d banana`, `--size 4`) is rejected by clap with exit code 2 before anything runs. Sizes,
+//! durations, CPU lists and rates are read by `echo_units`, which the server uses too, so a value
+//! means the same on both command lines; the functions here only add echo-bench's own bounds.
 //! [`parse_args`] shortens clap's multi-line errors to the one line the rest of the tool uses.
 
 use std::ffi::OsString;
@@ -11,6 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use echo_units::{parse_cpu_list, CpuList};
 
 use crate::message::HEADER_BYTES;
 
@@ -125,10 +128,6 @@ pub struct TargetSpec {
     pub port: u16,
 }
 
-/// A parsed CPU list (`0`, `0-3`, `0,2,4-7`), sorted, without duplicates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuList(pub Vec<usize>);
-
 /// Benchmark flags.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -143,8 +142,8 @@ pub struct BenchArgs {
     #[arg(short = 'c', long, value_name = "N", value_parser = parse_positive)]
     pub connections: Option<usize>,
 
-    /// Measured duration of each run, e.g. 500ms, 10s, 1m [default: 10s; 2s in the default
-    /// comparison].
+    /// Measured duration of each run, e.g. 500ms, 10s, 1m; a bare number is seconds [default:
+    /// 10s; 2s in the default comparison].
     #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub duration: Option<Duration>,
 
@@ -153,8 +152,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
 
-    /// Message size in bytes: 64, 1KiB, 4k (k, K, KiB = 1024; M, MiB = 1024²). At least 12
-    /// (the header: connection id and sequence number) [default: 128].
+    /// Message size in bytes: 64, 1KiB, 4k (every unit is binary: k, KB, KiB = 1024; M, MB,
+    /// MiB = 1024²). At least 12 (the header: connection id and sequence number) [default: 128].
     #[arg(short = 's', long, value_name = "BYTES", value_parser = parse_message_size)]
     pub size: Option<usize>,
 
@@ -176,7 +175,7 @@ pub struct BenchArgs {
     pub busy_poll: bool,
 
     /// Open loop: total messages per second over all connections of a target (10000, 10k,
-    /// 1.5M; 0.001 to 1e9). Latency is then measured from each message's intended send time (corrected for
+    /// 1.5M; 0.001 to 1e9; k and M are decimal here, unlike in sizes: 10k = 10000). Latency is then measured from each message's intended send time (corrected for
     /// coordinated omission) and, separately, from its actual send time (service time).
     #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
@@ -245,13 +244,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub rounds: Option<usize>,
 
-    /// Pin spawned servers to these CPUs (e.g. 0 or 0-1) [default comparison: the first
-    /// allowed CPU, when there are at least two].
+    /// Pin spawned servers to these CPUs (e.g. 0 or 0-1; a CPU listed twice is an error)
+    /// [default comparison: the first allowed CPU, when there are at least two].
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub server_cpus: Option<CpuList>,
 
-    /// Pin the client threads to these CPUs, thread i to the i-th CPU of the list (round
-    /// robin) [default comparison: the second allowed CPU, when there are at least two].
+    /// Pin the client threads to these CPUs, thread i to the i-th CPU of the list in ascending
+    /// order (round robin) [default comparison: the second allowed CPU, when there are at least
+    /// two].
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub client_cpus: Option<CpuList>,
 
@@ -315,14 +315,11 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Parse a human duration (`500ms`, `10s`, `1m30s`); `0` and `0s` are allowed, more than
-/// [`MAX_DURATION`] is refused (so that nanosecond arithmetic on it can never overflow).
+/// Parse a duration ([`echo_units::parse_duration`]: `2` = 2 s, `0.5`, `500ms`, `1m30s`);
+/// zero is allowed, more than [`MAX_DURATION`] is refused (so that nanosecond arithmetic on it
+/// can never overflow).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("expected a duration like 500ms, 10s or 1m ({e})"))?;
+    let d = echo_units::parse_duration(s)?;
     if d > MAX_DURATION {
         return Err("must be at most 365 days".into());
     }
@@ -347,34 +344,9 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parse a byte size: a number with an optional binary unit (`B`, `k`/`K`/`KiB`, `M`/`MiB`).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!("expected a size like 64, 1KiB or 4k, got '{s}'"));
-    }
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("size '{s}' is too large"))?;
-    let mult: usize = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "k" | "K" | "KiB" | "kiB" | "Ki" => 1 << 10,
-        "m" | "M" | "MiB" | "Mi" => 1 << 20,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' (use B, k/KiB = 1024 or M/MiB = 1024²)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))
-}
-
-/// Parse `--size`: [`parse_size`] plus the header minimum and [`MAX_MESSAGE_BYTES`].
+/// Parse `--size`: [`echo_units::parse_size`] plus the header minimum and [`MAX_MESSAGE_BYTES`].
 pub fn parse_message_size(s: &str) -> Result<usize, String> {
-    let n = parse_size(s)?;
+    let n = echo_units::parse_size(s)?;
     if n < HEADER_BYTES {
         return Err(format!(
             "must be at least {HEADER_BYTES} bytes (the message header: connection id and sequence number)"
@@ -386,24 +358,10 @@ pub fn parse_message_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Parse a rate in messages per second: a positive number with optional decimal suffix
-/// (`k` = 1000, `M` = 1,000,000).
+/// Parse `--rate`: [`echo_units::parse_rate`] (decimal suffixes: `10k` = 10000) within
+/// [`MIN_RATE`]..=[`MAX_RATE`].
 pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix(['k', 'K']) {
-        (n, 1e3)
-    } else if let Some(n) = t.strip_suffix('M') {
-        (n, 1e6)
-    } else {
-        (t, 1.0)
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("expected messages per second like 1000, 10k or 1.5M, got '{s}'"))?;
-    let v = v * mult;
-    if !v.is_finite() || v <= 0.0 {
-        return Err("must be greater than zero".into());
-    }
+    let v = echo_units::parse_rate(s)?;
     if v > MAX_RATE {
         return Err(format!("must be at most {MAX_RATE:.0} messages per second"));
     }
@@ -411,39 +369,6 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
         return Err(format!("must be at least {MIN_RATE} messages per second"));
     }
     Ok(v)
-}
-
-/// Parse a CPU list: comma-separated CPUs and inclusive ranges (`0`, `0-3`, `0,2,4-7`).
-pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
-    let mut cpus = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err(format!("empty entry in CPU list '{s}'"));
-        }
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let parse = |x: &str| -> Result<usize, String> {
-            x.parse::<usize>()
-                .map_err(|_| format!("expected CPU numbers like 0, 0-3 or 0,2,4-7, got '{s}'"))
-        };
-        let (lo, hi) = (parse(lo)?, parse(hi)?);
-        if lo > hi {
-            return Err(format!("CPU range '{part}' is reversed"));
-        }
-        if hi >= libc::CPU_SETSIZE as usize {
-            return Err(format!(
-                "CPU {hi} is beyond the maximum {}",
-                libc::CPU_SETSIZE - 1
-            ));
-        }
-        cpus.extend(lo..=hi);
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(CpuList(cpus))
 }
 
 /// Parse a `host:port` target (IPv6 in brackets).
@@ -509,67 +434,68 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64"), Ok(64));
-        assert_eq!(parse_size("64B"), Ok(64));
-        assert_eq!(parse_size("1KiB"), Ok(1024));
-        assert_eq!(parse_size("4k"), Ok(4096));
-        assert_eq!(parse_size("4K"), Ok(4096));
-        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("KiB").is_err());
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("-5").is_err());
-        assert!(parse_size("99999999999999999999999").is_err());
+    fn message_sizes() {
+        assert_eq!(parse_message_size("12"), Ok(12));
+        assert_eq!(parse_message_size("4k"), Ok(4096));
+        assert_eq!(parse_message_size("64MiB"), Ok(MAX_MESSAGE_BYTES));
         assert!(parse_message_size("0").unwrap_err().contains("at least 12"));
         assert!(parse_message_size("11").is_err());
-        assert_eq!(parse_message_size("12"), Ok(12));
-        assert!(parse_message_size("65M").is_err());
+        assert!(parse_message_size("65M")
+            .unwrap_err()
+            .contains("at most 64 MiB"));
+        assert!(parse_message_size("1G")
+            .unwrap_err()
+            .contains("at most 64 MiB"));
+        assert!(parse_message_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    fn duration_bounds() {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("banana").is_err());
-        assert!(parse_duration("10").is_err());
-        assert!(parse_nonzero_duration("0s").is_err());
-        assert!(parse_duration("100000000y").is_err());
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("365days"), Ok(MAX_DURATION));
-    }
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("1000"), Ok(1000.0));
-        assert_eq!(parse_rate("10k"), Ok(10_000.0));
-        assert_eq!(parse_rate("1.5M"), Ok(1_500_000.0));
-        assert_eq!(parse_rate("2.5"), Ok(2.5));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("-1").is_err());
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("inf").is_err());
-        assert!(parse_rate("2000M").is_err());
-        assert!(parse_rate("1e-300").is_err());
-        assert_eq!(parse_rate("0.001"), Ok(0.001));
+        assert!(parse_duration("365days 1s")
+            .unwrap_err()
+            .contains("at most 365 days"));
+        assert!(parse_duration("100000000y").is_err());
+        assert!(parse_duration("banana").is_err());
+        assert!(parse_nonzero_duration("0s").is_err());
+        assert!(parse_nonzero_duration("0").is_err());
         assert_eq!(parse_interval("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_interval("0.001"), Ok(Duration::from_millis(1)));
         assert!(parse_interval("1ns").is_err());
         assert!(parse_interval("999us").is_err());
     }
 
     #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0"), Ok(CpuList(vec![0])));
-        assert_eq!(parse_cpu_list("0-3"), Ok(CpuList(vec![0, 1, 2, 3])));
-        assert_eq!(parse_cpu_list("4-5,0,2"), Ok(CpuList(vec![0, 2, 4, 5])));
-        assert_eq!(parse_cpu_list("1,1,1"), Ok(CpuList(vec![1])));
-        assert!(parse_cpu_list("").is_err());
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("a").is_err());
-        assert!(parse_cpu_list("0,,1").is_err());
-        assert!(parse_cpu_list("5000").is_err());
+    fn rate_bounds() {
+        assert_eq!(parse_rate("10k"), Ok(10_000.0));
+        assert_eq!(parse_rate("0.001"), Ok(MIN_RATE));
+        assert_eq!(parse_rate("1000M"), Ok(MAX_RATE));
+        assert!(parse_rate("2000M").unwrap_err().contains("at most"));
+        assert!(parse_rate("1e-300").unwrap_err().contains("at least"));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    /// The values that used to mean something else (or nothing) to echo-bench than to the
+    /// server, through echo-bench's own command line.
+    #[test]
+    fn shared_meanings_on_the_command_line() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["echo-bench"].iter().chain(args).chain(&["127.0.0.1:1"]))
+        };
+        let cli = parse(&["-d", "2", "--warmup", "0.5", "-s", "1kb"]).unwrap();
+        assert_eq!(cli.bench.duration, Some(Duration::from_secs(2)));
+        assert_eq!(cli.bench.warmup, Some(Duration::from_millis(500)));
+        assert_eq!(cli.bench.size, Some(1024));
+        let cli = parse(&["--server-cpus", "0-1", "--client-cpus", "2"]).unwrap();
+        assert_eq!(cli.bench.server_cpus.unwrap().as_slice(), &[0, 1]);
+        let e = parse(&["--client-cpus", "1,1"]).unwrap_err();
+        let line = one_line_error(&e.to_string());
+        assert!(line.contains("CPU 1 is listed twice"), "{line}");
     }
 
     #[test]

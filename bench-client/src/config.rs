@@ -196,8 +196,8 @@ impl BenchConfig {
         let default_comparison = args.targets.is_empty() && args.spawn.is_empty();
         let allowed = host::allowed_cpus().unwrap_or_default();
 
-        let mut server_cpus = args.server_cpus.as_ref().map(|c| c.0.clone());
-        let mut client_cpus = args.client_cpus.as_ref().map(|c| c.0.clone());
+        let mut server_cpus = args.server_cpus.as_ref().map(|c| c.as_slice().to_vec());
+        let mut client_cpus = args.client_cpus.as_ref().map(|c| c.as_slice().to_vec());
         if default_comparison
             && server_cpus.is_none()
             && client_cpus.is_none()

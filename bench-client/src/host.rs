@@ -5,6 +5,7 @@
 use std::io;
 
 use anyhow::{bail, Context};
+use echo_units::format_cpu_list;
 use serde::Serialize;
 
 /// Host metadata recorded in the JSON report.
@@ -127,30 +128,6 @@ pub fn check_cpus(flag: &str, cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Format a CPU list compactly (`0-3,6`).
-pub fn format_cpu_list(cpus: &[usize]) -> String {
-    let mut sorted = cpus.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        let mut end = start;
-        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
-            i += 1;
-            end = sorted[i];
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    parts.join(",")
-}
-
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -252,13 +229,6 @@ mod tests {
         // any value is plausible; it must parse
         let _ = ns;
         assert!(self_cpu_ns() > 0);
-    }
-
-    #[test]
-    fn cpu_list_formatting() {
-        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6]), "0-3,6");
-        assert_eq!(format_cpu_list(&[5, 1]), "1,5");
-        assert_eq!(format_cpu_list(&[]), "");
     }
 
     #[test]
