@@ -177,6 +177,12 @@ pub struct Cli {
     /// connection waits DUR for every message. Off by default for that reason.
     #[arg(long, value_name = "N,DUR", value_parser = parse_batch_wait)]
     pub batch_wait: Option<BatchWait>,
+
+    /// (uring-multishot) Developer flag, hidden from --help: arm single-shot receives (the
+    /// fallback of kernels without the multishot receive byte budget, Linux 6.17) even where
+    /// the kernel has the budget, to test and measure that path (README "Kernels").
+    #[arg(long, hide = true)]
+    pub no_recv_budget: bool,
 }
 
 /// `--batch-wait N,DUR`: completion batching for the uring-multishot engine (its one definition:
@@ -204,6 +210,9 @@ pub struct UringOpts {
     pub fixed_buffers: bool,
     /// Completion batching (uring-multishot only).
     pub batch_wait: Option<BatchWait>,
+    /// Arm single-shot receives even where the kernel has the receive byte budget
+    /// (uring-multishot only; the hidden developer flag `--no-recv-budget`).
+    pub no_recv_budget: bool,
 }
 
 /// Validated server configuration.
@@ -323,6 +332,9 @@ impl TryFrom<Cli> for Config {
         if cli.batch_wait.is_some() && cli.runtime != RuntimeKind::UringMultishot {
             bail!("--batch-wait applies to --runtime uring-multishot only");
         }
+        if cli.no_recv_budget && cli.runtime != RuntimeKind::UringMultishot {
+            bail!("--no-recv-budget applies to --runtime uring-multishot only");
+        }
         let ring_entries = cli.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
         if ring_entries == 0 || ring_entries > MAX_RING_ENTRIES {
             bail!("--ring-entries must be between 1 and {MAX_RING_ENTRIES}, got {ring_entries}");
@@ -369,6 +381,7 @@ impl TryFrom<Cli> for Config {
                 coop_taskrun: cli.coop_taskrun,
                 fixed_buffers: cli.fixed_buffers,
                 batch_wait: cli.batch_wait,
+                no_recv_budget: cli.no_recv_budget,
             },
         })
     }
@@ -445,6 +458,24 @@ mod tests {
         assert_eq!(c.uring.batch_wait.map(|b| b.min_completions), Some(4));
         let err = config(&["--runtime", "uring", "--batch-wait", "4,50us"]).unwrap_err();
         assert!(err.to_string().contains("uring-multishot only"), "{err}");
+    }
+
+    #[test]
+    fn no_recv_budget_is_hidden_and_multishot_only() {
+        let c = config(&["--runtime", "uring-multishot", "--no-recv-budget"]).unwrap();
+        assert!(c.uring.no_recv_budget);
+        assert!(
+            !config(&["--runtime", "uring-multishot"])
+                .unwrap()
+                .uring
+                .no_recv_budget
+        );
+        for runtime in ["uring", "epoll"] {
+            let err = config(&["--runtime", runtime, "--no-recv-budget"]).unwrap_err();
+            assert!(err.to_string().contains("uring-multishot only"), "{err}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("--no-recv-budget"), "{help}");
     }
 
     #[test]

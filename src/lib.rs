@@ -15,6 +15,8 @@
 //!   - [`backend::uring_multishot`]: its own event loop on a raw io_uring;
 //! - [`policy`]: what happens to connections on every engine (admission, accept back-off and
 //!   error log, error kinds, drain grace, idle timing), with no runtime in it;
+//! - [`probe`]: which io_uring features the kernel has (found by trying them, once per
+//!   process), the `features:` line, and why io_uring cannot be set up where it cannot;
 //! - [`shutdown`]: SIGINT/SIGTERM -> stop (drain) and force (close now) tokens;
 //! - [`stats`]: per-worker counters, fed by every engine through one typed call, and the
 //!   `summary:`/`stats:` lines.
@@ -30,6 +32,7 @@ pub mod config;
 mod conn;
 pub mod listener;
 pub mod policy;
+pub mod probe;
 pub mod shutdown;
 pub mod stats;
 
@@ -47,10 +50,12 @@ pub use stats::Summary;
 use backend::{Ready, Shared, Worker};
 use listener::ListenOpts;
 use policy::Admission;
+use probe::FeatureReport;
 
 /// A started server: every worker is accepting on [`Server::local_addr`].
 pub struct Server {
     local_addr: SocketAddr,
+    features: FeatureReport,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     /// Disconnects once every worker thread has exited.
@@ -109,9 +114,13 @@ pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
     drop((ready_tx, done_tx));
 
     let mut first_error = spawn_error;
+    let mut usage = None;
     for _ in 0..threads.len() {
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
+            // Every worker runs the same engine with the same configuration on one kernel.
+            Ok(Ok(worker_usage)) => {
+                usage.get_or_insert(worker_usage);
+            }
             Ok(Err(err)) => {
                 first_error.get_or_insert(err);
             }
@@ -121,8 +130,10 @@ pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
             }
         }
     }
+    let features = FeatureReport::new(shared.config.runtime, usage.unwrap_or_default());
     let server = Server {
         local_addr,
+        features,
         shared,
         threads,
         done,
@@ -142,6 +153,12 @@ impl Server {
     /// The address every worker listens on (with the real port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The kernel and the io_uring features this server's engine uses, lacks and leaves off
+    /// (the `features:` line).
+    pub fn features(&self) -> &FeatureReport {
+        &self.features
     }
 
     /// Counters right now.
@@ -178,18 +195,21 @@ impl Server {
     }
 }
 
-/// Runs the server until `shutdown` stops it: prints `listening on <addr>` to stdout once every
-/// worker accepts, `stats:` lines while running (if asked) and the `summary:` line to stderr at
+/// Runs the server until `shutdown` stops it: once every worker accepts, prints the `features:`
+/// line to stderr and then `listening on <addr>` to stdout; `stats:` lines while running (if
+/// asked) and the `summary:` line (ending with the kernel and the features in use) to stderr at
 /// the end.
 pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<Summary> {
     let server = start(config, shutdown)?;
+    let features = server.features().clone();
+    eprintln!("{features}");
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", server.local_addr())
         .and_then(|()| stdout.flush())
         .context("cannot write the ready line to stdout")?;
     drop(stdout);
     let summary = server.wait()?;
-    eprintln!("summary: {summary}");
+    eprintln!("summary: {summary} {}", features.summary_suffix());
     Ok(summary)
 }
 

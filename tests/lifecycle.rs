@@ -93,7 +93,9 @@ fn sigterm_drains_open_connections_then_summarizes(runtime: &str) {
             "errors_other",
             "accept_errors",
             "elapsed_s",
-            "accepted_per_thread"
+            "accepted_per_thread",
+            "kernel",
+            "features"
         ]
     );
     // Probe connections made while stopping may or may not have been accepted.
@@ -226,7 +228,11 @@ fn stats_interval_prints_stats_lines(runtime: &str) {
         k.sort();
         k
     };
-    assert_eq!(keys(&stats), keys(&summary));
+    // The summary has the stats keys, plus the kernel and the features in use at its end.
+    let mut stats_keys = keys(&stats);
+    stats_keys.extend(["features".to_string(), "kernel".to_string()]);
+    stats_keys.sort();
+    assert_eq!(stats_keys, keys(&summary));
     assert_eq!(stats["bytes_echoed"], "7");
 }
 
@@ -333,7 +339,16 @@ fn help_documents_every_flag() {
     let help = String::from_utf8_lossy(&out.stdout);
     let flags = common::server_flags();
     assert!(flags.iter().any(|f| f == "--runtime"), "{flags:?}");
+    let hidden = common::hidden_server_flags();
+    assert_eq!(hidden, ["--no-recv-budget"], "developer flags");
     for flag in &flags {
-        assert!(help.contains(flag.as_str()), "{flag} missing from --help");
+        if hidden.contains(flag) {
+            assert!(
+                !help.contains(flag.as_str()),
+                "{flag} is hidden from --help"
+            );
+        } else {
+            assert!(help.contains(flag.as_str()), "{flag} missing from --help");
+        }
     }
 }

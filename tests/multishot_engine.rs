@@ -6,13 +6,15 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as SockShutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use uring_echo::backend::uring_multishot::{probe, Engine, Params, Report};
+use uring_echo::backend::uring_multishot::{Engine, Params, RecvBudget, Report};
 use uring_echo::config::BatchWait;
 use uring_echo::policy::{Admission, IdleSweep};
+use uring_echo::probe::{self, Feature};
 use uring_echo::stats::{Counts, Stats};
 use uring_echo::Shutdown;
 
@@ -34,7 +36,11 @@ impl Server {
     }
 
     fn start_with(params: Params, admission: Admission) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Server::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), params, admission)
+    }
+
+    /// Starts the engine on a listener the test bound (and may have connected to already).
+    fn start_on(listener: TcpListener, params: Params, admission: Admission) -> Server {
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(Stats::new(1));
         let shutdown = Shutdown::new();
@@ -322,26 +328,6 @@ fn rst_storm_does_not_disturb_other_connections() {
     assert_eq!(counts.errors_other, 0);
 }
 
-/// Connects a client that writes until the server stops reading and every buffer on the path is
-/// full, and never reads; returns it still connected.
-fn flooding_client(server: &Server) -> TcpStream {
-    let hog = server.connect();
-    hog.set_write_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut hog_w = hog.try_clone().unwrap();
-    // Bounded by the write timeout and a byte cap.
-    let chunk = vec![0x5a; 64 * 1024];
-    let mut sent = 0usize;
-    while sent < 512 << 20 {
-        match hog_w.write(&chunk) {
-            Ok(n) => sent += n,
-            Err(_) => break,
-        }
-    }
-    assert!(sent > 1 << 20, "hog wrote only {sent} bytes");
-    hog
-}
-
 /// A pool so small that one connection could take all of it without the per-connection cap.
 fn small_pool() -> Params {
     let mut p = params();
@@ -350,69 +336,315 @@ fn small_pool() -> Params {
     p
 }
 
-/// Without the byte budget only the cancel at the queue cap limits a never-reading client: it
-/// may hold most of the pool (so, unlike with the budget, other clients of the worker may
-/// starve while it stays), but never more, and every buffer comes back once it is gone.
-fn check_cancel_only_fallback(p: Params) {
-    let server = Server::start(p);
-    let hog = flooding_client(&server);
-    drop(hog);
-    let data = Arc::new(pattern(10, 1 << 20));
-    let got = echo_concurrently(server.connect(), Arc::clone(&data), 8192, 4);
-    assert!(got == *data, "not served after the hog left");
-    let (report, _) = server.stop();
-    assert_no_leaks(&report);
-    assert!(!report.recv_budget, "{report:?}");
-    assert!(report.peak_conn_buffers <= report.buffers, "{report:?}");
-    eprintln!(
-        "cancel-only: peak buffers held by one connection: {} of {}",
-        report.peak_conn_buffers, report.buffers
-    );
+/// A client that writes as fast as the server takes its data and never reads, on its own
+/// thread, until `stop` (bounded in time and bytes); `blocked` counts writes that timed out
+/// because the server stopped reading. Returns the socket and the bytes written.
+fn never_reading_writer(
+    server: &Server,
+    stop: Arc<AtomicBool>,
+    blocked: Arc<AtomicU64>,
+) -> JoinHandle<(TcpStream, u64)> {
+    let mut w = server.connect();
+    w.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    thread::spawn(move || {
+        let chunk = vec![0x5a; 64 * 1024];
+        let mut written = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed) && written < 1 << 30 && Instant::now() < deadline {
+            match w.write(&chunk) {
+                Ok(n) => written += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    blocked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => panic!("writer: {e}"),
+            }
+        }
+        (w, written)
+    })
 }
 
-#[test]
-fn slow_reader_cannot_starve_others() {
-    let _g = FD_LOCK.read().unwrap();
-    if !probe::features().recv_budget {
-        eprintln!(
-            "SKIPPED the 4-buffer bound: this kernel has no multishot receive byte budget \
-             (IORING_RECV_MSHOT_LIM); checking the cancel-only fallback instead"
-        );
-        check_cancel_only_fallback(small_pool());
-        return;
-    }
-    let server = Server::start(small_pool());
-    let hog = flooding_client(&server);
-    // The hog's data now fills the kernel buffers and its queue; another client must still be
-    // served, and its data must come back intact.
-    let data = Arc::new(pattern(9, 4 << 20));
-    let got = echo_concurrently(server.connect(), Arc::clone(&data), 8192, 3);
-    assert!(got == *data);
-    drop(hog);
-    let (report, _) = server.stop();
-    assert_no_leaks(&report);
-    assert!(report.recv_budget, "{report:?}");
-    // The hog's receives are budgeted to the cap of 4 full buffers.
-    assert!(
-        report.peak_conn_buffers <= 4,
-        "one connection held {} of 64 buffers",
-        report.peak_conn_buffers
-    );
+/// Percentile `q` (0..=1) of sorted round-trip times, in microseconds.
+fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
 }
 
-#[test]
-fn without_the_byte_budget_the_pool_still_bounds_a_slow_reader() {
+/// The fairness case of a kernel without the receive byte budget: a client that writes and
+/// never reads beside a well-behaved ping-pong client on one worker with a 64-buffer pool. The
+/// writer's connection may hold at most the cap (4 buffers), so the pool never runs dry (no
+/// ENOBUFS, no parked receive) and the ping-pong client keeps echoing with bounded latency.
+/// (A multishot receive without the budget let the writer take 64 of 64 buffers and the other
+/// client time out.) Prints the figures for the README and the closing notes.
+fn writer_beside_ping_pong(mode: RecvBudget) {
     let _g = FD_LOCK.read().unwrap();
     let mut p = small_pool();
-    p.disable_recv_budget = true;
-    check_cancel_only_fallback(p);
+    p.recv_budget = mode;
+    let cap = p.max_queued_buffers;
+    let server = Server::start(p);
+    let stop = Arc::new(AtomicBool::new(false));
+    let blocked = Arc::new(AtomicU64::new(0));
+    let writer = never_reading_writer(&server, Arc::clone(&stop), Arc::clone(&blocked));
+    // The server stops reading the writer once its queue is at the cap and its echo is stuck.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while blocked.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the writer was never held back");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut client = server.connect();
+    client.set_nodelay(true).unwrap();
+    const MESSAGES: u64 = 1000;
+    let mut rtts = Vec::with_capacity(MESSAGES as usize);
+    for i in 0..MESSAGES {
+        let msg = pattern(i, 1 + (i as usize * 37) % 4096);
+        let mut back = vec![0u8; msg.len()];
+        let sent = Instant::now();
+        client.write_all(&msg).unwrap();
+        client
+            .read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("message {i} beside the writer: {e}"));
+        rtts.push(sent.elapsed());
+        assert!(back == msg, "message {i}: echo differs");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (w, written) = writer.join().unwrap();
+    drop(w);
+    drop(client);
+    let (report, counts) = server.stop();
+    assert_no_leaks(&report);
+    rtts.sort_unstable();
+    let (p50, p99, max) = (
+        percentile_us(&rtts, 0.5),
+        percentile_us(&rtts, 0.99),
+        rtts[rtts.len() - 1].as_secs_f64() * 1e6,
+    );
+    eprintln!(
+        "writer beside ping-pong ({mode:?}, kernel {}, receives: {}): {MESSAGES} messages echoed, \
+         p50 {p50:.0} us, p99 {p99:.0} us, max {max:.0} us; the writer wrote {} KiB, was held \
+         back {} times; most buffers one connection held: {} of {} (cap {cap}); parks {}; \
+         receive SQEs {}, waits {}",
+        probe::kernel_release(),
+        if report.recv_budget {
+            "budgeted multishot"
+        } else {
+            "single-shot"
+        },
+        written / 1024,
+        blocked.load(Ordering::Relaxed),
+        report.peak_conn_buffers,
+        report.buffers,
+        report.parks,
+        report.recvs,
+        report.waits,
+    );
+    assert!(
+        report.peak_conn_buffers <= cap,
+        "one connection held {} of {} buffers (cap {cap})",
+        report.peak_conn_buffers,
+        report.buffers
+    );
+    assert_eq!(report.parks, 0, "the pool ran dry: {report:?}");
+    assert!(
+        max < 1e6,
+        "the well-behaved client waited {:.0} ms beside the writer",
+        max / 1e3
+    );
+    assert_eq!(counts.accepted, 2);
 }
 
 #[test]
-fn probe_answers_and_is_cached() {
-    let fresh = probe::recv_budget().expect("the probe runs on any kernel with io_uring");
-    assert_eq!(probe::features().recv_budget, fresh);
-    eprintln!("multishot receive byte budget: {fresh}");
+fn never_reading_writer_cannot_starve_others() {
+    let has = probe::features().has(Feature::RecvBudget);
+    if !has {
+        eprintln!(
+            "this kernel has no multishot receive byte budget (IORING_RECV_MSHOT_LIM): the \
+             default here is the single-shot fallback, checked below"
+        );
+    }
+    writer_beside_ping_pong(RecvBudget::Probe);
+}
+
+#[test]
+fn never_reading_writer_cannot_starve_others_with_single_shot_receives() {
+    writer_beside_ping_pong(RecvBudget::Off);
+}
+
+/// Receive SQEs and waits per message of a ping-pong, with each kind of receive: counts (not
+/// timings) for the README's cost of the fallback.
+#[test]
+fn receive_sqes_per_message_by_mode() {
+    let _g = FD_LOCK.read().unwrap();
+    const MESSAGES: u64 = 2000;
+    for mode in [RecvBudget::Probe, RecvBudget::Off] {
+        let mut p = params();
+        p.recv_budget = mode;
+        let server = Server::start(p);
+        let mut s = server.connect();
+        s.set_nodelay(true).unwrap();
+        let msg = pattern(3, 100);
+        let mut back = [0u8; 100];
+        for _ in 0..MESSAGES {
+            s.write_all(&msg).unwrap();
+            s.read_exact(&mut back).unwrap();
+        }
+        drop(s);
+        let (report, counts) = server.stop();
+        assert_no_leaks(&report);
+        assert_eq!(counts.bytes_echoed, MESSAGES * 100);
+        let per = |n: u64| n as f64 / MESSAGES as f64;
+        eprintln!(
+            "{mode:?} (kernel {}, receives: {}): per message {:.3} receive SQEs, {:.3} send \
+             SQEs, {:.3} waits (io_uring_enter), {:.3} completions",
+            probe::kernel_release(),
+            if report.recv_budget {
+                "budgeted multishot"
+            } else {
+                "single-shot"
+            },
+            per(report.recvs),
+            per(report.sends),
+            per(report.waits),
+            per(report.completions),
+        );
+        if report.recv_budget {
+            assert!(report.recvs * 10 < MESSAGES, "{report:?}");
+        } else {
+            assert!(
+                report.recvs >= MESSAGES,
+                "one receive per message: {report:?}"
+            );
+        }
+    }
+}
+
+/// A burst of connections, each echoing 256 KiB concurrently; returns the report.
+fn burst_of_echoes(p: Params) -> (Report, Counts) {
+    // All connected before the engine starts: its first accepts (ACCEPT_DEPTH of them) complete
+    // at once, and their receives are armed and submitted together, before the CQE of any of
+    // them comes back.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+            s
+        })
+        .collect();
+    let server = Server::start_on(listener, p, Admission::new(None));
+    let clients: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            thread::spawn(move || {
+                let data = Arc::new(pattern(900 + i as u64, 256 * 1024));
+                let got = echo_concurrently(stream, Arc::clone(&data), 30_000, i as u64);
+                assert!(got == *data, "connection {i}: echoed bytes differ");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (report, counts) = server.stop();
+    assert_no_leaks(&report);
+    assert_eq!((counts.accepted, counts.closed), (20, 20));
+    assert_eq!(counts.bytes_echoed, 20 * 256 * 1024);
+    assert_eq!(
+        counts.errors_reset + counts.errors_pipe + counts.errors_other,
+        0,
+        "{counts:?}"
+    );
+    (report, counts)
+}
+
+/// Budgeted receives that every kernel refuses (fault injection): each falls back to single-shot
+/// receives on its own connection, including those armed before the first refusal came back;
+/// no connection fails, and later ones start without the budget.
+#[test]
+fn refused_budget_falls_back_per_operation() {
+    let _g = FD_LOCK.read().unwrap();
+    let mut p = params();
+    p.recv_budget = RecvBudget::ForceRefused;
+    let (report, _) = burst_of_echoes(p);
+    eprintln!(
+        "budgeted receives refused and re-armed single-shot: {} of 20 connections",
+        report.budget_refused
+    );
+    // More than one: receives armed before the first refusal came back fell back on their own.
+    assert!(report.budget_refused >= 2, "{report:?}");
+    assert!(!report.recv_budget, "{report:?}");
+}
+
+/// The budget armed where the probe found none (a wrong probe): on such a kernel (6.1) every
+/// budgeted receive is refused and falls back; where the kernel has the budget, nothing is
+/// refused.
+#[test]
+fn budget_forced_where_the_probe_found_none() {
+    let _g = FD_LOCK.read().unwrap();
+    let mut p = params();
+    p.recv_budget = RecvBudget::Force;
+    let (report, _) = burst_of_echoes(p);
+    if probe::features().has(Feature::RecvBudget) {
+        eprintln!(
+            "SKIPPED the refusal: this kernel has the receive byte budget (the fault-injection \
+             test exercises the refusal here); checking that nothing is refused"
+        );
+        assert_eq!(report.budget_refused, 0, "{report:?}");
+        assert!(report.recv_budget, "{report:?}");
+    } else {
+        eprintln!(
+            "budgeted receives refused by this kernel: {} of 20 connections",
+            report.budget_refused
+        );
+        assert!(report.budget_refused >= 2, "{report:?}");
+        assert!(!report.recv_budget, "{report:?}");
+    }
+}
+
+#[test]
+fn probe_answers_consistently_and_is_cached() {
+    let (fresh, failures) = probe::probe();
+    assert!(
+        failures.is_empty(),
+        "probes that could not run: {failures:?}"
+    );
+    assert_eq!(probe::features(), fresh);
+    assert!(fresh.io_uring());
+    eprintln!("kernel {}: {fresh:?}", probe::kernel_release());
+    // What the kernel's history implies, so a probe that answers wrongly shows up.
+    let implies = [
+        (Feature::DeferTaskrun, Feature::SingleIssuer),
+        (Feature::RecvBudget, Feature::RecvMultishot),
+        (Feature::RecvMultishot, Feature::BufRing),
+        (Feature::MinWait, Feature::ExtArg),
+        (Feature::BufRingInc, Feature::BufRing),
+    ];
+    for (a, b) in implies {
+        assert!(!fresh.has(a) || fresh.has(b), "{a} without {b}: {fresh:?}");
+    }
+    // The engine needs these, and every kernel the project supports (6.1 and newer) has them.
+    for f in [
+        Feature::SingleIssuer,
+        Feature::DeferTaskrun,
+        Feature::SubmitAll,
+        Feature::Nodrop,
+        Feature::BufRing,
+        Feature::RecvMultishot,
+    ] {
+        assert!(fresh.has(f), "{f}: {fresh:?}");
+    }
+    assert!(fresh.has_opcode(io_uring::opcode::Recv::CODE));
+    // An engine decides what the usage says.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let engine = Engine::new(listener, params()).unwrap();
+    assert_eq!(engine.usage(), params().usage(&fresh));
 }
 
 #[test]
@@ -582,6 +814,17 @@ fn batch_wait_keeps_echo_correct_for_ping_pong_and_streams() {
         min_completions: 8,
         timeout: Duration::from_micros(200),
     });
+    // The wait's minimum (Linux 6.12) where the kernel has it, else a plain timeout: both must
+    // echo correctly.
+    let min_wait = p.usage(&probe::features()).uses(Feature::MinWait);
+    eprintln!(
+        "--batch-wait waits with {}",
+        if min_wait {
+            "min_wait"
+        } else {
+            "a plain timeout (this kernel has no min_wait)"
+        }
+    );
     let server = Server::start(p);
     // One connection in lock step: never 8 completions pending, so every wait ends by timeout.
     let mut s = server.connect();

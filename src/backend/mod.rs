@@ -42,6 +42,7 @@ use crate::policy::{
     accept_error_class, AcceptBackoff, AcceptErrorClass, AcceptErrorLog, Admission, IdleSweep,
     DRAIN_GRACE,
 };
+use crate::probe::Usage;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counts, Stats};
 
@@ -75,18 +76,25 @@ pub(crate) struct Worker {
     pub(crate) ready: Ready,
 }
 
-/// Reports a worker's setup outcome to the thread that prints the ready line, exactly once.
-pub(crate) struct Ready(mpsc::Sender<anyhow::Result<()>>);
+/// Reports a worker's setup outcome to the thread that prints the ready line, exactly once: the
+/// error, or what the worker's engine does with the kernel's io_uring features (the
+/// `features:` line is made from it, so it says what the engines actually decided).
+pub(crate) struct Ready(mpsc::Sender<anyhow::Result<Usage>>);
 
 impl Ready {
-    pub(crate) fn new(tx: mpsc::Sender<anyhow::Result<()>>) -> Ready {
+    pub(crate) fn new(tx: mpsc::Sender<anyhow::Result<Usage>>) -> Ready {
         Ready(tx)
     }
 
-    /// Setup succeeded: this worker accepts.
+    /// Setup succeeded: this worker accepts, using no io_uring feature (epoll).
     pub(crate) fn ok(self) {
+        self.ok_with(Usage::new());
+    }
+
+    /// Setup succeeded: this worker accepts, with this use of io_uring features.
+    pub(crate) fn ok_with(self, usage: Usage) {
         // The receiver only goes away once startup is over; nothing to report to then.
-        let _ = self.0.send(Ok(()));
+        let _ = self.0.send(Ok(usage));
     }
 
     /// Setup failed; the server will stop and exit with this error.

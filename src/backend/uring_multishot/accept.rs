@@ -181,7 +181,8 @@ impl Loop<'_, '_> {
         if self.params.nodelay {
             set_nodelay(fd);
         }
-        let slot = self.conns.insert(Conn::new(fd, admitted, self.life.now));
+        let conn = Conn::new(fd, admitted, self.life.now, self.modes.recv_budget);
+        let slot = self.conns.insert(conn);
         self.counts.accepted += 1;
         self.arm_recv(slot);
     }

@@ -34,7 +34,7 @@ use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 
 /// Buffer group id of the pool (one group per ring, so any constant works).
-pub(super) const BGID: u16 = 0;
+pub(crate) const BGID: u16 = 0;
 
 /// Largest ring the kernel accepts (`IORING_MAX_PBUF_RING` entries is 2^15).
 pub(super) const MAX_BUFFERS: usize = 1 << 15;
@@ -88,7 +88,7 @@ impl Drop for Mapping {
 }
 
 /// A provided-buffer ring plus the buffers it hands out.
-pub(super) struct BufRing {
+pub(crate) struct BufRing {
     ring: Mapping,
     pool: Mapping,
     /// Descriptor slots in `ring` (a power of two, >= `count`).
@@ -105,6 +105,8 @@ pub(super) struct BufRing {
     in_ring: usize,
     /// Registered with a ring and not yet [`BufRing::release`]d: the kernel may use the memory.
     kernel_may_use: bool,
+    /// The buffer group it was registered as.
+    bgid: u16,
 }
 
 /// Why [`BufRing::take`] refused a buffer id from a completion.
@@ -119,7 +121,7 @@ pub(super) enum TakeError {
 impl BufRing {
     /// Maps a pool of `count` buffers of `buf_size` bytes and fills the ring with all of them.
     /// Not yet visible to any io_uring: call [`BufRing::register`].
-    pub(super) fn new(count: usize, buf_size: usize) -> io::Result<Self> {
+    pub(crate) fn new(count: usize, buf_size: usize) -> io::Result<Self> {
         if count == 0 || count > MAX_BUFFERS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -150,6 +152,7 @@ impl BufRing {
             in_ring_bits: vec![0u64; count.div_ceil(64)].into_boxed_slice(),
             in_ring: 0,
             kernel_may_use: false,
+            bgid: BGID,
         };
         for bid in 0..count {
             this.recycle(bid as u16);
@@ -160,28 +163,45 @@ impl BufRing {
 
     /// Registers the ring as buffer group [`BGID`] of the io_uring behind `submitter`. From now
     /// on the memory is leaked rather than unmapped unless [`BufRing::release`] is called.
-    pub(super) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+    pub(crate) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+        self.register_with(submitter, BGID, 0)
+    }
+
+    /// [`BufRing::register`] as buffer group `bgid` with registration `flags`
+    /// (`IOU_PBUF_RING_INC`, ...): what `probe` tries.
+    pub(crate) fn register_with(
+        &mut self,
+        submitter: &Submitter<'_>,
+        bgid: u16,
+        flags: u16,
+    ) -> io::Result<()> {
         let entries = u16::try_from(self.mask as usize + 1).unwrap_or(u16::MAX);
         // Set first: even a failed registration must not make us unmap early.
         self.kernel_may_use = true;
+        self.bgid = bgid;
         // SAFETY: the ring mapping is page aligned (mmap), holds `entries` descriptors and is
         // never unmapped while the kernel may use it (`kernel_may_use`, module docs).
         unsafe {
-            submitter.register_buf_ring_with_flags(self.ring.ptr.as_ptr() as u64, entries, BGID, 0)
+            submitter.register_buf_ring_with_flags(
+                self.ring.ptr.as_ptr() as u64,
+                entries,
+                bgid,
+                flags,
+            )
         }
     }
 
     /// Removes the buffer group from the io_uring behind `submitter`: no operation can pick a
     /// buffer from the ring after this (operations that already hold one still may use it).
-    pub(super) fn unregister(&self, submitter: &Submitter<'_>) -> io::Result<()> {
-        submitter.unregister_buf_ring(BGID)
+    pub(crate) fn unregister(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+        submitter.unregister_buf_ring(self.bgid)
     }
 
     /// Declares the memory unused by the kernel, so that `Drop` unmaps it.
     ///
     /// Call only when the group is unregistered (or its io_uring dropped) and no operation that
     /// might write into or read from a buffer is in flight.
-    pub(super) fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.kernel_may_use = false;
     }
 

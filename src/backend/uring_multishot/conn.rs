@@ -35,8 +35,11 @@ pub(super) struct Conn {
     pub(super) sent: u32,
     /// Idle-timeout bookkeeping: progress is bytes received or sent.
     pub(super) idle: IdleStamp,
-    /// A multishot recv is in the kernel (cleared by the CQE without `F_MORE`).
+    /// A receive is in the kernel (cleared by its CQE without `F_MORE`).
     pub(super) recv_armed: bool,
+    /// This connection arms budgeted multishot receives (else single-shot ones); cleared for
+    /// good when the kernel refuses the budget (see `ops`).
+    pub(super) budget: bool,
     pub(super) send_in_flight: bool,
     /// An `AsyncCancel` for our recv is in flight.
     pub(super) cancel_pending: bool,
@@ -54,13 +57,14 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(fd: RawFd, admitted: Admitted, now: Instant) -> Self {
+    pub(super) fn new(fd: RawFd, admitted: Admitted, now: Instant, budget: bool) -> Self {
         Conn {
             fd,
             queue: VecDeque::new(),
             sent: 0,
             idle: IdleStamp::new(now),
             recv_armed: false,
+            budget,
             send_in_flight: false,
             cancel_pending: false,
             close_pending: false,

@@ -16,16 +16,26 @@ use std::marker::PhantomData;
 use std::net::TcpListener;
 use std::os::fd::RawFd;
 
-use io_uring::IoUring;
+use io_uring::{opcode, IoUring};
 
 use super::buf_ring::BufRing;
-use super::event_loop::Loop;
-use super::params::Params;
-use super::probe;
+use super::event_loop::{Loop, Modes};
+use super::params::{Params, RecvBudget, REQUIRED};
 use super::sq::Sq;
 use crate::policy::Admission;
+use crate::probe::{self, Feature, Features, Usage};
 use crate::shutdown::Shutdown;
 use crate::stats::{Counts, WorkerStats};
+
+/// Opcodes the engine submits, with their names for the error that names a missing one.
+const OPCODES: [(u8, &str); 6] = [
+    (opcode::Accept::CODE, "ACCEPT"),
+    (opcode::Recv::CODE, "RECV"),
+    (opcode::Send::CODE, "SEND"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    (opcode::Close::CODE, "CLOSE"),
+    (opcode::Timeout::CODE, "TIMEOUT"),
+];
 
 /// What a finished [`Engine::run`] leaves behind; the tests check it for leaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +53,15 @@ pub struct Report {
     /// Bytes of buffer pool and descriptor ring left mapped for the rest of the process, because
     /// abandoned operations might still use them. 0 after a clean exit.
     pub pool_bytes_leaked: usize,
-    /// Receives were armed with the multishot byte budget (see [`probe::Features`]).
+    /// New receives were armed as budgeted multishot receives at exit (see the `ops` module
+    /// docs); `false`: single-shot receives, from the start or after the kernel refused the
+    /// budget.
     pub recv_budget: bool,
+    /// Budgeted receives the kernel refused (EINVAL), each re-armed as a single-shot receive on
+    /// its own connection.
+    pub budget_refused: u64,
+    /// Receive SQEs submitted (multishot or single-shot).
+    pub recvs: u64,
     /// Most buffers one connection held at once (the backpressure bound).
     pub peak_conn_buffers: usize,
     /// `io_uring_enter` calls that waited for completions (one per loop iteration).
@@ -68,14 +85,18 @@ pub struct Engine {
     bufs: BufRing,
     listener: Option<TcpListener>,
     params: Params,
-    recv_budget: bool,
+    usage: Usage,
     /// `SINGLE_ISSUER | DEFER_TASKRUN` ring: must stay on the thread that created it.
     _not_send: PhantomData<*const ()>,
 }
 
 impl Engine {
-    /// Sets up the ring (`SINGLE_ISSUER | DEFER_TASKRUN`) and registers the buffer pool.
+    /// Sets up the ring (`SINGLE_ISSUER | DEFER_TASKRUN`) and registers the buffer pool, then
+    /// decides from [`probe::features`] which optional features to use ([`Params::usage`]).
     /// Must be called on the thread that calls [`Engine::run`].
+    ///
+    /// A kernel without io_uring, or without what the engine cannot run without, is one error
+    /// that names the cause and the `--runtime epoll` alternative.
     pub fn new(listener: TcpListener, params: Params) -> io::Result<Self> {
         params.validate()?;
         let cq_entries = params.ring_entries.saturating_mul(4).clamp(64, 65536);
@@ -86,31 +107,49 @@ impl Engine {
             .setup_cqsize(cq_entries)
             .build(params.ring_entries)
             .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "io_uring setup with {} entries and SINGLE_ISSUER|DEFER_TASKRUN failed: {e} \
-                         (the uring-multishot runtime needs Linux >= 6.1 with io_uring enabled)",
-                        params.ring_entries
-                    ),
-                )
+                let flags = [
+                    Feature::SingleIssuer,
+                    Feature::DeferTaskrun,
+                    Feature::SubmitAll,
+                ];
+                io::Error::new(e.kind(), probe::explain_setup_error(&e, &flags))
             })?;
         let mut bufs = BufRing::new(params.buffers, params.buffer_size)?;
         bufs.register(&ring.submitter()).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("registering the provided buffer ring failed: {e} (needs Linux >= 5.19)"),
+                format!(
+                    "registering the provided buffer ring failed: {e} (needs Linux >= {}); \
+                     --runtime epoll works without it",
+                    Feature::BufRing.since()
+                ),
             )
         })?;
-        let recv_budget = probe::features().recv_budget && !params.disable_recv_budget;
+        let mut features = probe::features();
+        // Proven by the setup and the registration above, whatever the probe could find out.
+        for feature in [
+            Feature::SingleIssuer,
+            Feature::DeferTaskrun,
+            Feature::SubmitAll,
+            Feature::BufRing,
+        ] {
+            features.set(feature, true);
+        }
+        check_required(&params, &features)?;
+        let usage = params.usage(&features);
         Ok(Engine {
             ring,
             bufs,
             listener: Some(listener),
             params,
-            recv_budget,
+            usage,
             _not_send: PhantomData,
         })
+    }
+
+    /// What this engine uses, lacks and leaves off on this kernel.
+    pub fn usage(&self) -> Usage {
+        self.usage
     }
 
     /// Serves connections until `shutdown` asks for a stop, then stops accepting and lets open
@@ -130,10 +169,19 @@ impl Engine {
             mut bufs,
             mut listener,
             params,
-            recv_budget,
+            usage,
             _not_send,
         } = self;
-        let min_wait_supported = ring.params().is_feature_min_timeout();
+        let modes = Modes {
+            recv_budget: match params.recv_budget {
+                RecvBudget::Probe => usage.uses(Feature::RecvBudget),
+                RecvBudget::Off => false,
+                RecvBudget::Force | RecvBudget::ForceRefused => true,
+            },
+            refused_budget_fault: params.recv_budget == RecvBudget::ForceRefused,
+            multishot_timeout: usage.uses(Feature::MultishotTimeout),
+            min_wait: usage.uses(Feature::MinWait),
+        };
         let (submitter, queue, mut cq) = ring.split();
         let mut lp = Loop::new(
             Sq::new(submitter, queue),
@@ -142,8 +190,7 @@ impl Engine {
             stats,
             admission,
             &mut listener,
-            recv_budget,
-            min_wait_supported,
+            modes,
         );
         let result = lp.run(&mut cq, shutdown);
         lp.flush_counts();
@@ -168,6 +215,7 @@ impl Engine {
             lp.bufs.release();
         }
         let tally = lp.tally;
+        let recv_budget = lp.modes.recv_budget;
         // Dropping the connections releases their places in the connection count.
         drop(lp);
         drop(cq);
@@ -187,6 +235,8 @@ impl Engine {
             connections_abandoned: abandoned,
             pool_bytes_leaked: bufs.bytes_to_leak(),
             recv_budget,
+            budget_refused: tally.budget_refused,
+            recvs: tally.recvs,
             peak_conn_buffers: tally.peak_conn_buffers,
             waits: tally.waits,
             completions: tally.completions,
@@ -216,4 +266,31 @@ impl Engine {
         }
         result.map(|()| report)
     }
+}
+
+/// Refuses a kernel without a feature or an opcode the engine cannot run without.
+fn check_required(params: &Params, features: &Features) -> io::Result<()> {
+    let mut lacking: Vec<String> = REQUIRED
+        .iter()
+        .chain(params.batch_wait.is_some().then_some(&Feature::ExtArg))
+        .filter(|f| !features.has(**f))
+        .map(|f| format!("{} (Linux {})", f.name(), f.since()))
+        .collect();
+    lacking.extend(
+        OPCODES
+            .iter()
+            .filter(|(code, _)| !features.has_opcode(*code))
+            .map(|(_, name)| format!("IORING_OP_{name}")),
+    );
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "this kernel's io_uring lacks what the uring-multishot engine needs: {}; \
+             --runtime epoll works without it",
+            lacking.join(", ")
+        ),
+    ))
 }

@@ -9,7 +9,8 @@
 //! Two periodic timeouts wake the loop without any client activity: the *tick* (stop requests,
 //! the drain deadline, flushing counters) and, with `--idle-timeout`, the *idle sweep* at
 //! [`IdleSweep::period`], the same period and window as on the tokio engines. Both are multishot
-//! timeouts (Linux 6.4), re-armed one by one where the kernel refuses that.
+//! timeouts where the probe found them (Linux 6.4), else single-shot timeouts re-armed one by
+//! one; a multishot timeout the kernel refuses after all (EINVAL) switches to the latter.
 
 use std::collections::VecDeque;
 use std::io;
@@ -50,7 +51,7 @@ pub(super) struct Lifecycle {
 struct Timers {
     tick: Box<Timespec>,
     idle: Option<(IdleSweep, Box<Timespec>)>,
-    /// The kernel takes multishot timeouts (cleared on its first refusal).
+    /// Timeouts are armed multishot (cleared if the kernel refuses one).
     multishot: bool,
 }
 
@@ -63,6 +64,24 @@ pub(super) struct Tally {
     pub(super) completions: u64,
     pub(super) sends: u64,
     pub(super) parks: u64,
+    pub(super) recvs: u64,
+    pub(super) budget_refused: u64,
+}
+
+/// How the loop does what the kernel offers in several ways, decided at start from the engine's
+/// [`Usage`](crate::probe::Usage).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Modes {
+    /// New connections arm budgeted multishot receives (else single-shot receives). Cleared when
+    /// the kernel refuses a budgeted receive (see `ops`).
+    pub(super) recv_budget: bool,
+    /// Fault injection (`RecvBudget::ForceRefused`): budgeted receives carry a flag every kernel
+    /// refuses.
+    pub(super) refused_budget_fault: bool,
+    /// Periodic timeouts are multishot (Linux 6.4).
+    pub(super) multishot_timeout: bool,
+    /// `--batch-wait` waits with `min_wait` (Linux 6.12).
+    pub(super) min_wait: bool,
 }
 
 /// One worker's event loop state, borrowed from its [`Engine`](super::Engine) for one run.
@@ -85,13 +104,11 @@ pub(super) struct Loop<'r, 'p> {
     pub(super) life: Lifecycle,
     timers: Timers,
     pub(super) batch: Batching,
-    /// Arm receives with a byte budget (the kernel supports it, see `probe`).
-    pub(super) recv_budget: bool,
+    pub(super) modes: Modes,
     pub(super) tally: Tally,
 }
 
 impl<'r, 'p> Loop<'r, 'p> {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         sq: Sq<'r>,
         bufs: &'p mut BufRing,
@@ -99,8 +116,7 @@ impl<'r, 'p> Loop<'r, 'p> {
         stats: &'p WorkerStats,
         admission: &'p Admission,
         listener: &'p mut Option<TcpListener>,
-        recv_budget: bool,
-        min_wait_supported: bool,
+        modes: Modes,
     ) -> Self {
         let idle = params
             .idle_timeout
@@ -127,10 +143,10 @@ impl<'r, 'p> Loop<'r, 'p> {
             timers: Timers {
                 tick: Box::new(Timespec::from(params.tick)),
                 idle,
-                multishot: true,
+                multishot: modes.multishot_timeout,
             },
-            batch: Batching::new(params.batch_wait, min_wait_supported),
-            recv_budget,
+            batch: Batching::new(params.batch_wait, modes.min_wait),
+            modes,
             tally: Tally::default(),
         }
     }
@@ -248,7 +264,8 @@ impl<'r, 'p> Loop<'r, 'p> {
             Op::AcceptRetry => self.accept.pause_over(),
             Op::Tick => self.on_tick(flags, res),
             Op::IdleSweep => self.on_idle_sweep(flags, res),
-            Op::Recv => self.on_recv(slot, res, flags),
+            Op::Recv => self.on_recv(slot, res, flags, false),
+            Op::RecvMulti => self.on_recv(slot, res, flags, true),
             Op::Send => self.on_send(slot, res),
             Op::RecvCancel => self.on_recv_cancelled(slot),
             Op::Close => self.on_close(slot),
@@ -275,11 +292,14 @@ impl<'r, 'p> Loop<'r, 'p> {
         unsafe { self.sq.push(entry) };
     }
 
-    /// A timer CQE without `F_MORE` ended the timer: re-arm it (single-shot from now on if the
-    /// kernel refused a multishot timeout, before Linux 6.4).
+    /// A timer CQE without `F_MORE` ended the timer: re-arm it. A multishot timeout the kernel
+    /// refused (EINVAL: the probe was wrong) is re-armed single-shot, and so is every later one.
     fn rearm_if_ended(&mut self, op: Op, flags: u32, res: i32) {
         if !cqueue::more(flags) {
-            if res == -libc::EINVAL {
+            if res == -libc::EINVAL && self.timers.multishot {
+                tracing::warn!(
+                    "the kernel refused a multishot timeout; re-arming timeouts one by one"
+                );
                 self.timers.multishot = false;
             }
             self.arm_timer(op);

@@ -33,23 +33,26 @@
 //! - `ops` and `conn`: per-connection receive/send/close and their invariants (backpressure);
 //! - `batch`: how long each wait waits (`--batch-wait`);
 //! - `buf_ring`: the provided-buffer pool and its per-buffer ownership checks;
-//! - `sq`: the submission queue wrapper and user_data encoding;
-//! - [`probe`]: kernel features, found by trying them.
+//! - `sq`: the submission queue wrapper and user_data encoding.
+//!
+//! Kernel features are probed by [`crate::probe`]; [`Params::usage`] decides which this engine
+//! uses, and the engine takes every decision from that [`Usage`](crate::probe::Usage).
 
 mod accept;
 mod batch;
-mod buf_ring;
+pub(crate) mod buf_ring;
 mod conn;
 mod engine;
 mod event_loop;
 mod ops;
 mod params;
-pub mod probe;
-mod sq;
+pub(crate) mod sq;
 
 pub use accept::ACCEPT_DEPTH;
 pub use engine::{Engine, Report};
-pub use params::{default_buffer_count, Params, DEFAULT_MAX_QUEUED_BUFFERS, DEFAULT_TICK};
+pub use params::{
+    default_buffer_count, Params, RecvBudget, DEFAULT_MAX_QUEUED_BUFFERS, DEFAULT_TICK,
+};
 
 use super::Worker;
 
@@ -73,15 +76,16 @@ pub(crate) fn run_worker(worker: Worker) {
             return;
         }
     };
+    let usage = engine.usage();
     tracing::debug!(
         worker = index,
         buffers,
         buffer_size,
         pool_bytes = buffers * buffer_size,
-        features = ?probe::features(),
+        ?usage,
         "uring-multishot worker ready"
     );
-    ready.ok();
+    ready.ok_with(usage);
     let stats = shared.stats.worker(index);
     match engine.run(stats, &shared.admission, &shared.shutdown) {
         Ok(report) => tracing::debug!(worker = index, ?report, "uring-multishot worker done"),

@@ -7,15 +7,27 @@
 //!   the rest.
 //! - A buffer returns to the ring only when all its bytes were sent, or when no send refers to
 //!   it any more (the connection died, or the CQE names a connection that is gone).
-//! - Backpressure: each multishot recv is armed with a byte budget of
-//!   `(max_queued_buffers - queued) × buffer_size` (`IORING_RECV_MSHOT_LIM`, where `probe`
-//!   found it): the kernel ends the multishot once that much arrived, so a client that sends and
-//!   never reads holds at most `max_queued_buffers` full buffers. Without the budget the
-//!   kernel's retry loop can drain the socket into the pool within one `io_uring_enter`, faster
-//!   than any cancel. Small receives use whole buffers for few bytes, so the engine also cancels
-//!   the recv when the queue reaches the cap. Recv is re-armed once the queue is down to half.
-//!   Where the kernel has no budget only the cancel remains and one connection can hold most of
-//!   the pool; memory stays bounded by the pool.
+//! - Backpressure: a connection never holds more than `max_queued_buffers` buffers (the cap),
+//!   however fast its client writes and however little it reads, so one client cannot starve
+//!   the others of the worker's shared pool. Two ways to receive keep that bound:
+//!   - *budgeted multishot receive* (where the probe found `IORING_RECV_MSHOT_LIM`, Linux
+//!     6.17): armed with a byte budget of `(cap - queued) × buffer_size`, after which the kernel
+//!     ends it. Small receives use whole buffers for few bytes, so the engine also cancels the
+//!     receive when the queue reaches the cap. Re-armed once the queue is down to half: one SQE
+//!     serves many messages.
+//!   - *single-shot receives* (kernels without the budget, or `--no-recv-budget`): one `Recv`
+//!     that selects one provided buffer, armed while the queue is below the cap, so at most one
+//!     buffer is on its way into the queue. One SQE per received buffer, submitted with the
+//!     rest of the loop's batch.
+//!
+//!   A multishot receive *without* the budget cannot keep the bound: the kernel's retry loop
+//!   drains a socket into the pool within one `io_uring_enter`, faster than any cancel (one
+//!   never-reading client held 64 of 64 buffers and another client timed out).
+//! - Fallback per operation: a budgeted receive has its own op ([`Op::RecvMulti`]). If the
+//!   kernel refuses one (EINVAL: the probe was wrong, or the kernel takes the SQE but rejects the
+//!   budget when it runs it), that connection re-arms with single-shot receives, and so do
+//!   connections accepted later (logged once, counted in the report). Receives armed before the
+//!   first refusal each fall back on their own CQE; none fails its connection.
 //! - A recv that ends with `ENOBUFS` (pool empty) parks its connection; parked connections are
 //!   re-armed once buffers come back (at most one per free buffer per loop iteration).
 //! - A connection's fd is closed by an io_uring `Close` only after every other op for it has
@@ -23,7 +35,7 @@
 //!   `shutdown(2)`, which makes a pending recv/send complete.
 
 use io_uring::types::Fd;
-use io_uring::{cqueue, opcode};
+use io_uring::{cqueue, opcode, squeue};
 
 use super::buf_ring::BGID;
 use super::conn::Chunk;
@@ -32,14 +44,12 @@ use super::sq::{user_data, with_recv_budget, Op};
 use crate::policy::ErrorKind;
 
 impl Loop<'_, '_> {
+    /// Arms the connection's receive: budgeted multishot or single-shot (module docs).
     pub(super) fn arm_recv(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        let mut entry = opcode::RecvMulti::new(Fd(conn.fd), BGID)
-            .build()
-            .user_data(user_data(Op::Recv, slot));
-        if self.recv_budget {
+        let entry = if conn.budget {
             let buffers = self
                 .params
                 .max_queued_buffers
@@ -48,11 +58,26 @@ impl Loop<'_, '_> {
             let bytes = buffers
                 .saturating_mul(self.bufs.buf_size())
                 .min(u32::MAX as usize);
-            entry = with_recv_budget(entry, bytes as u32);
-        }
+            let mut recv = opcode::RecvMulti::new(Fd(conn.fd), BGID);
+            if self.modes.refused_budget_fault {
+                recv = recv.flags(libc::MSG_WAITALL);
+            }
+            let entry = recv.build().user_data(user_data(Op::RecvMulti, slot));
+            with_recv_budget(entry, bytes as u32)
+        } else {
+            // The buffer size fits in u32 (`BufRing::new` checks it).
+            let len = self.bufs.buf_size() as u32;
+            opcode::Recv::new(Fd(conn.fd), std::ptr::null_mut(), len)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(user_data(Op::Recv, slot))
+        };
         conn.recv_armed = true;
-        // SAFETY: the kernel writes only into provided buffers, which are never unmapped while
-        // an op may use them (buf_ring); the fd is closed only after this recv's final CQE.
+        self.tally.recvs += 1;
+        // SAFETY: the kernel writes only into provided buffers (no buffer address is passed),
+        // which are never unmapped while an op may use them (buf_ring); the fd is closed only
+        // after this recv's final CQE.
         unsafe { self.sq.push(entry) };
     }
 
@@ -80,7 +105,8 @@ impl Loop<'_, '_> {
         unsafe { self.sq.push(entry) };
     }
 
-    pub(super) fn on_recv(&mut self, slot: usize, res: i32, flags: u32) {
+    /// A receive's CQE; `budgeted`: it came from a budgeted multishot receive.
+    pub(super) fn on_recv(&mut self, slot: usize, res: i32, flags: u32, budgeted: bool) {
         let cap = self.params.max_queued_buffers;
         let Some(conn) = self.conns.get_mut(slot) else {
             // Cannot happen while slots are freed only after their last CQE; if it does, the
@@ -120,7 +146,8 @@ impl Loop<'_, '_> {
                 conn.idle.progress();
                 self.tally.peak_conn_buffers = self.tally.peak_conn_buffers.max(conn.queue.len());
                 if conn.recv_armed && !conn.cancel_pending && conn.queue.len() >= cap {
-                    let entry = opcode::AsyncCancel::new(user_data(Op::Recv, slot))
+                    // Only a multishot receive is still armed after a CQE.
+                    let entry = opcode::AsyncCancel::new(user_data(Op::RecvMulti, slot))
                         .build()
                         .user_data(user_data(Op::RecvCancel, slot));
                     conn.cancel_pending = true;
@@ -140,6 +167,18 @@ impl Loop<'_, '_> {
                     }
                 }
                 libc::ECANCELED => {}
+                libc::EINVAL if budgeted => {
+                    // The kernel refused the budget: this connection (and every later one)
+                    // receives single-shot; `settle` re-arms it.
+                    conn.budget = false;
+                    self.tally.budget_refused += 1;
+                    if std::mem::replace(&mut self.modes.recv_budget, false) {
+                        tracing::warn!(
+                            "the kernel refused a multishot receive with a byte budget (EINVAL); \
+                             receiving with single-shot receives instead"
+                        );
+                    }
+                }
                 errno => {
                     self.fail(slot, ErrorKind::from_errno(errno));
                     return;
@@ -245,7 +284,8 @@ impl Loop<'_, '_> {
 
     /// Decides a connection's next step after any event: close, send, or re-arm its recv.
     pub(super) fn settle(&mut self, slot: usize) {
-        let resume_at = self.params.max_queued_buffers / 2;
+        let cap = self.params.max_queued_buffers;
+        let resume_at = cap / 2;
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -271,12 +311,14 @@ impl Loop<'_, '_> {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !conn.eof
-            && !conn.recv_armed
-            && !conn.parked
-            && !conn.cancel_pending
-            && conn.queue.len() <= resume_at
-        {
+        // A budgeted receive re-arms at half the cap (it may fill the rest); a single-shot one
+        // takes one buffer, so it re-arms while the queue is below the cap.
+        let room = if conn.budget {
+            conn.queue.len() <= resume_at
+        } else {
+            conn.queue.len() < cap
+        };
+        if !conn.eof && !conn.recv_armed && !conn.parked && !conn.cancel_pending && room {
             self.arm_recv(slot);
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::buf_ring;
 use crate::config::{BatchWait, Config};
 use crate::policy::DRAIN_GRACE;
+use crate::probe::{Feature, Features, Usage};
 
 /// Period of the tick timeout that bounds every wait.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
@@ -56,11 +57,43 @@ pub struct Params {
     /// abandoning their connections (the server always uses [`DRAIN_GRACE`]).
     #[doc(hidden)]
     pub drain_grace: Duration,
-    /// Test knob: arm receives without the byte budget even where the kernel has it, to
-    /// exercise the fallback (the server uses the budget wherever `probe` finds it).
+    /// How receives are armed: by default as the probe says (`--no-recv-budget` switches the
+    /// budget off; the other values are test knobs).
     #[doc(hidden)]
-    pub disable_recv_budget: bool,
+    pub recv_budget: RecvBudget,
 }
+
+/// Which receive the engine arms (see the `ops` module docs): the budgeted multishot receive, or
+/// single-shot receives of one provided buffer each. A developer and test knob: the server arms
+/// the budgeted receive wherever [`crate::probe`] finds the budget.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecvBudget {
+    /// The budgeted multishot receive where the kernel has the budget, single-shot receives
+    /// elsewhere.
+    #[default]
+    Probe,
+    /// Single-shot receives even where the kernel has the budget (`--no-recv-budget`).
+    Off,
+    /// Budgeted multishot receives even where the probe found no budget (a probe that is wrong):
+    /// such a kernel refuses each one, and each falls back on its own.
+    Force,
+    /// Budgeted multishot receives that every kernel refuses (fault injection: they also carry
+    /// `MSG_WAITALL`, which no kernel accepts on a multishot receive), so that the
+    /// per-operation fallback runs on kernels that do have the budget.
+    ForceRefused,
+}
+
+/// Features the engine cannot run without: the ring setup (the first three), the CQ overflow
+/// guarantee its CQ sizing relies on, the provided-buffer pool. [`Engine::new`](super::Engine::new)
+/// refuses to start where one is missing.
+pub(super) const REQUIRED: [Feature; 5] = [
+    Feature::SingleIssuer,
+    Feature::DeferTaskrun,
+    Feature::SubmitAll,
+    Feature::Nodrop,
+    Feature::BufRing,
+];
 
 impl Params {
     /// Defaults for a buffer size; every other field may be overridden.
@@ -76,7 +109,7 @@ impl Params {
             tick: DEFAULT_TICK,
             batch_wait: None,
             drain_grace: DRAIN_GRACE,
-            disable_recv_budget: false,
+            recv_budget: RecvBudget::Probe,
         }
     }
 
@@ -88,7 +121,46 @@ impl Params {
         p.drain_timeout = config.drain_timeout;
         p.nodelay = config.nodelay;
         p.batch_wait = config.uring.batch_wait;
+        if config.uring.no_recv_budget {
+            p.recv_budget = RecvBudget::Off;
+        }
         p
+    }
+
+    /// What an engine with these parameters does with each feature on a kernel with `features`;
+    /// the engine takes its decisions from this, and the `features:` line prints it.
+    ///
+    /// Fallbacks (README "Kernels"): without the receive budget, single-shot receives of one
+    /// buffer each; without multishot timeouts, timeouts re-armed one by one; without
+    /// `min_wait`, `--batch-wait` waits with a plain timeout. The required features have none.
+    pub fn usage(&self, features: &Features) -> Usage {
+        let mut u = Usage::new();
+        for feature in REQUIRED {
+            u.decide(feature, true, features);
+        }
+        u.decide(Feature::FastPoll, true, features);
+        let batch = self.batch_wait.is_some();
+        u.decide(Feature::ExtArg, batch, features);
+        u.decide(Feature::MinWait, batch, features);
+        let budget = u.decide(
+            Feature::RecvBudget,
+            self.recv_budget != RecvBudget::Off,
+            features,
+        );
+        u.decide(Feature::RecvMultishot, budget, features);
+        u.decide(Feature::MultishotTimeout, true, features);
+        // Not used by this engine yet: listed as off where the kernel has them.
+        for feature in [
+            Feature::NoSqarray,
+            Feature::Bundle,
+            Feature::RegRegRing,
+            Feature::RingFd,
+            Feature::BufRingInc,
+            Feature::SendZc,
+        ] {
+            u.decide(feature, false, features);
+        }
+        u
     }
 
     pub(super) fn validate(&self) -> io::Result<()> {
@@ -143,5 +215,69 @@ mod tests {
         let mut p = Params::new(16384);
         p.tick = Duration::ZERO;
         assert!(p.validate().is_err());
+    }
+
+    fn kernel(available: &[Feature]) -> Features {
+        let mut f = Features::io_uring_only();
+        for feature in available {
+            f.set(*feature, true);
+        }
+        f
+    }
+
+    #[test]
+    fn usage_on_a_6_1_like_and_a_6_18_like_kernel() {
+        let base = [
+            Feature::SingleIssuer,
+            Feature::DeferTaskrun,
+            Feature::SubmitAll,
+            Feature::Nodrop,
+            Feature::FastPoll,
+            Feature::ExtArg,
+            Feature::BufRing,
+            Feature::RecvMultishot,
+            Feature::SendZc,
+        ];
+        let old = kernel(&base);
+        let u = Params::new(4096).usage(&old);
+        assert!(!u.uses(Feature::RecvBudget));
+        assert_eq!(
+            u.missing(),
+            [Feature::RecvBudget, Feature::MultishotTimeout]
+        );
+        assert_eq!(u.off(), [Feature::RecvMultishot, Feature::SendZc]);
+        assert!(!u.in_use().contains(&Feature::ExtArg), "no --batch-wait");
+
+        let mut new = kernel(&base);
+        for f in [
+            Feature::RecvBudget,
+            Feature::MultishotTimeout,
+            Feature::MinWait,
+            Feature::Bundle,
+        ] {
+            new.set(f, true);
+        }
+        let mut p = Params::new(4096);
+        let u = p.usage(&new);
+        assert!(u.uses(Feature::RecvBudget) && u.uses(Feature::RecvMultishot));
+        assert!(u.missing().is_empty());
+        assert_eq!(
+            u.off(),
+            [
+                Feature::ExtArg,
+                Feature::MinWait,
+                Feature::Bundle,
+                Feature::SendZc
+            ]
+        );
+        p.recv_budget = RecvBudget::Off;
+        p.batch_wait = Some(BatchWait {
+            min_completions: 8,
+            timeout: Duration::from_micros(100),
+        });
+        let u = p.usage(&new);
+        assert!(u.uses(Feature::MinWait) && u.uses(Feature::ExtArg));
+        assert!(u.off().contains(&Feature::RecvBudget));
+        assert!(u.off().contains(&Feature::RecvMultishot));
     }
 }

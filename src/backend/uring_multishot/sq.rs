@@ -23,6 +23,7 @@ pub(super) enum Op {
     AcceptCancel = 2,
     /// The periodic timeout that bounds every wait (stop requests, drain deadline, counters).
     Tick = 3,
+    /// A single-shot receive of one provided buffer.
     Recv = 4,
     Send = 5,
     RecvCancel = 6,
@@ -31,6 +32,9 @@ pub(super) enum Op {
     AcceptRetry = 8,
     /// The periodic idle-timeout sweep.
     IdleSweep = 9,
+    /// A multishot receive with a byte budget: its own op, so that a refusal of the budget is
+    /// told apart from any other receive error (see `ops`).
+    RecvMulti = 10,
 }
 
 const OP_SHIFT: u32 = 56;
@@ -53,6 +57,7 @@ pub(super) fn decode(ud: u64) -> Option<(Op, usize)> {
         7 => Op::Close,
         8 => Op::AcceptRetry,
         9 => Op::IdleSweep,
+        10 => Op::RecvMulti,
         _ => return None,
     };
     Some((op, slot))
@@ -64,7 +69,7 @@ const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
 
 /// Sets a multishot recv's total byte budget (`sqe->optlen`, `IORING_RECV_MSHOT_LIM`), which the
 /// io-uring crate's `RecvMulti` builder does not expose.
-pub(super) fn with_recv_budget(entry: squeue::Entry, bytes: u32) -> squeue::Entry {
+pub(crate) fn with_recv_budget(entry: squeue::Entry, bytes: u32) -> squeue::Entry {
     // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel ABI struct `io_uring_sqe`: 64
     // bytes (asserted above) of integers and unions of integers without padding, so it may be
     // viewed as bytes, and any byte pattern is a valid value. Offset 44 is checked by a test
@@ -165,6 +170,7 @@ mod tests {
             Op::Close,
             Op::AcceptRetry,
             Op::IdleSweep,
+            Op::RecvMulti,
         ] {
             for slot in [0, 1, 77, u32::MAX as usize] {
                 assert_eq!(decode(user_data(op, slot)), Some((op, slot)));
