@@ -1,7 +1,7 @@
 //! Command line: the raw clap [`Cli`] and the validated [`Config`] the server runs with.
 //!
 //! Why two types: clap checks syntax (a number is a number, `16KiB` is a size), while
-//! [`Config::try_from`] checks meaning: flags that only the io_uring backend understands,
+//! [`Config::try_from`] checks meaning: flags that only some engines understand,
 //! combinations the kernel refuses, CPUs that do not exist. Everything after this module can trust
 //! its input, and every refusal is one line that names the flag.
 //!
@@ -56,7 +56,8 @@ impl fmt::Display for RuntimeKind {
     }
 }
 
-/// TCP echo server on io_uring (tokio-uring), with an epoll (tokio) backend for comparison.
+/// TCP echo server with three I/O engines (io_uring through tokio-uring, raw multishot io_uring,
+/// epoll through tokio) on the same echo semantics, for comparison.
 ///
 /// Prints `listening on <addr>` on stdout once every worker accepts, and a `summary:` line on
 /// stderr when it stops (SIGINT/SIGTERM). Logging goes to stderr and follows RUST_LOG.
@@ -139,10 +140,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
-    /// (uring) Submission queue entries per ring (the kernel rounds up to a power of two) [default: 256]
+    /// (uring, uring-multishot) Submission queue entries per ring (rounded up to a power of two) [default: 256]
     ///
-    /// The completion queue gets twice as many. A full submission queue is flushed to the kernel
-    /// early, so this trades memory against submit calls, not correctness.
+    /// The completion queue gets twice as many with uring, four times as many (64 to 65536) with
+    /// uring-multishot. A full submission queue is flushed to the kernel early, so this trades
+    /// memory against submit calls, not correctness.
     #[arg(long, value_name = "N")]
     pub ring_entries: Option<u32>,
 
@@ -177,7 +179,8 @@ pub struct Cli {
     pub batch_wait: Option<BatchWait>,
 }
 
-/// `--batch-wait N,DUR`: completion batching for the uring-multishot engine.
+/// `--batch-wait N,DUR`: completion batching for the uring-multishot engine (its one definition:
+/// the engine reads this type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchWait {
     /// Completions to wait for per loop iteration (>= 1).
@@ -186,10 +189,12 @@ pub struct BatchWait {
     pub timeout: Duration,
 }
 
-/// io_uring setup knobs, only meaningful with [`RuntimeKind::Uring`].
+/// io_uring setup knobs of the two io_uring engines. `ring_entries` applies to both;
+/// `sqpoll_idle_ms`, `coop_taskrun` and `fixed_buffers` to [`RuntimeKind::Uring`] only, and
+/// `batch_wait` to [`RuntimeKind::UringMultishot`] only ([`Config::try_from`] refuses the rest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UringOpts {
-    /// Submission queue entries per ring.
+    /// Submission queue entries per ring (both io_uring engines).
     pub ring_entries: u32,
     /// `IORING_SETUP_SQPOLL` idle time in milliseconds, if enabled.
     pub sqpoll_idle_ms: Option<u32>,

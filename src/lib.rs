@@ -1,34 +1,40 @@
-//! uring-echo: a TCP echo server on io_uring (tokio-uring), with an epoll (tokio) backend in the
-//! same binary so the two engines can be compared on identical echo logic.
+//! uring-echo: a TCP echo server with three I/O engines in one binary, so that io_uring and
+//! epoll can be compared on identical echo semantics: `uring` (tokio-uring), `epoll` (tokio) and
+//! `uring-multishot` (the raw `io-uring` crate: multishot receive into a provided-buffer ring).
 //!
 //! The binary only parses flags and calls [`run`]; everything else lives here so tests and other
 //! programs can run the server in-process and stop it with a [`Shutdown`] instead of a signal.
 //!
-//! Module map:
+//! Module map, top-down:
 //! - [`config`]: clap [`Cli`](config::Cli) (raw flags) -> validated [`Config`];
 //! - [`listener`]: listening sockets built with socket2 (backlog, dual-stack, SO_REUSEPORT);
+//! - [`backend`]: worker threads; each runs one engine:
+//!   - `backend::uring` and `backend::epoll` supply a tokio runtime, accept and owned-buffer
+//!     read/write; the accept loop and drain are `backend::serve`, the echo loop `conn`, both
+//!     written once for the two;
+//!   - [`backend::uring_multishot`]: its own event loop on a raw io_uring;
+//! - [`policy`]: what happens to connections on every engine (admission, accept back-off and
+//!   error log, error kinds, drain grace, idle timing), with no runtime in it;
 //! - [`shutdown`]: SIGINT/SIGTERM -> stop (drain) and force (close now) tokens;
-//! - [`stats`]: per-worker counters and the `summary:`/`stats:` lines;
-//! - `conn`: the echo loop, limits and error accounting, written once for both engines;
-//! - `backend`: worker threads and the shared accept loop; `backend::uring` and
-//!   `backend::epoll` supply the runtime, accept and owned-buffer read/write.
+//! - [`stats`]: per-worker counters, fed by every engine through one typed call, and the
+//!   `summary:`/`stats:` lines.
 //!
-//! Threading: `--threads N` workers, each an OS thread with its own current-thread runtime and
-//! its own listening socket (SO_REUSEPORT when N > 1); nothing is shared between workers on the
+//! Threading: `--threads N` workers, each an OS thread with its own engine instance and its own
+//! listening socket (SO_REUSEPORT when N > 1); nothing is shared between workers on the
 //! per-operation path except their own stats block.
 
 #![warn(missing_docs)]
 
-mod backend;
+pub mod backend;
 pub mod config;
 mod conn;
 pub mod listener;
+pub mod policy;
 pub mod shutdown;
 pub mod stats;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -40,6 +46,7 @@ pub use stats::Summary;
 
 use backend::{Ready, Shared, Worker};
 use listener::ListenOpts;
+use policy::Admission;
 
 /// A started server: every worker is accepting on [`Server::local_addr`].
 pub struct Server {
@@ -69,9 +76,9 @@ pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
 
     let shared = Arc::new(Shared {
         stats: Arc::new(stats::Stats::new(config.threads)),
+        admission: Admission::new(config.max_connections),
         config,
         shutdown,
-        active: Arc::new(AtomicUsize::new(0)),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done) = mpsc::channel::<()>();

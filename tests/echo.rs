@@ -1,4 +1,4 @@
-//! Echo correctness against the real binary, on both engines: every byte back, in order.
+//! Echo correctness against the real binary, on every engine: every byte back, in order.
 
 mod common;
 

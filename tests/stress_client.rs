@@ -230,7 +230,15 @@ fn real_server_stopped_mid_run() {
     // uring-echo gets SIGTERM (drain 200 ms) while echo-bench runs: echo-bench must report the
     // closed connections in one line and exit 1. (It runs out its -d even when every connection
     // has failed, hence the short -d.)
-    let server = TestServer::spawn(&["--listen", "127.0.0.1:0", "--drain-timeout", "200ms"]);
+    // Stats lines show when echo-bench's load has reached the server.
+    let server = TestServer::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "200ms",
+        "--stats-interval",
+        "50ms",
+    ]);
     let target = server.loopback().to_string();
     let bench = common::stress::Proc::echo_bench(
         None,
@@ -251,7 +259,9 @@ fn real_server_stopped_mid_run() {
     common::stress::wait_until("echo-bench connected", Duration::from_secs(20), || {
         server.fd_count() > 20
     });
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_for_stderr("echoes under way", Duration::from_secs(20), |e| {
+        common::parse_line(e, "stats: ").is_some_and(|s| s["bytes_echoed"] != "0")
+    });
     let exited = server.stop();
     assert_eq!(exited.status.code(), Some(0), "{}", exited.stderr);
     let out = bench.wait(BOUND);

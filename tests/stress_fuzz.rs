@@ -222,10 +222,9 @@ fn shared_meaning(cases: u32) {
 fn server_argv() -> impl Strategy<Value = Vec<String>> {
     let extra = ["--help", "--version", "-h", "--nonsense"];
     let flag = prop::sample::select(
-        common::SERVER_FLAGS
-            .iter()
-            .chain(extra.iter())
-            .copied()
+        common::server_flags()
+            .into_iter()
+            .chain(extra.map(String::from))
             .collect::<Vec<_>>(),
     );
     let value = prop_oneof![
@@ -250,7 +249,7 @@ fn server_argv() -> impl Strategy<Value = Vec<String>> {
         .prop_map(String::from),
         parser_input(),
     ];
-    prop::collection::vec(prop_oneof![flag.prop_map(String::from), value], 0..10)
+    prop::collection::vec(prop_oneof![flag, value], 0..10)
 }
 
 fn server_command_line(cases: u32) {

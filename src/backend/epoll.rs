@@ -1,5 +1,5 @@
 //! epoll engine: a tokio current-thread runtime plus a `LocalSet`, the same shape as a
-//! tokio-uring worker, so both engines run identical accept and echo code.
+//! tokio-uring worker, so both tokio engines run identical accept and echo code.
 //!
 //! Reads and writes are readiness-based: wait for epoll to report the socket readable/writable,
 //! then `read(2)`/`write(2)` without blocking; `WouldBlock` clears tokio's cached readiness and

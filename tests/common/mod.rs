@@ -1,4 +1,5 @@
-//! Test harness: runs the real `uring-echo` binary and talks to it over loopback.
+//! Test harness: runs the real `uring-echo` binary (any of its three engines) and talks to it
+//! over loopback.
 //!
 //! `TestServer::spawn` starts the server on port 0, waits (bounded) for the `listening on` line
 //! and captures stderr so a failing test can show it. `Drop` sends SIGTERM, then SIGKILL if the
@@ -18,30 +19,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Both engines; tests that apply to both run once per entry.
+/// The three engines; tests that apply to all run once per entry.
 pub const RUNTIMES: [&str; 3] = ["uring", "epoll", "uring-multishot"];
 
-/// Every flag of the server, for the --help test and the command-line fuzzer.
-pub const SERVER_FLAGS: [&str; 18] = [
-    "--runtime",
-    "--listen",
-    "--threads",
-    "--cpus",
-    "--pin",
-    "--backlog",
-    "--buffer-size",
-    "--ipv6-only",
-    "--no-nodelay",
-    "--max-connections",
-    "--idle-timeout",
-    "--drain-timeout",
-    "--stats-interval",
-    "--ring-entries",
-    "--sqpoll",
-    "--coop-taskrun",
-    "--fixed-buffers",
-    "--batch-wait",
-];
+/// Every long flag of the server (`--runtime`, ...), read from its clap definition, so that a
+/// new flag cannot escape the --help test and the command-line fuzzer.
+pub fn server_flags() -> Vec<String> {
+    use clap::CommandFactory;
+    uring_echo::config::Cli::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .map(|long| format!("--{long}"))
+        .collect()
+}
 
 /// How long a server may take to print its ready line (debug build, busy CI machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
