@@ -45,10 +45,10 @@ pub(crate) trait EchoStream: AsRawFd {
     type Buf;
 
     /// Reads at most one buffer's worth; `Ok(0)` is end of stream.
-    async fn read(&self, buf: Self::Buf) -> (io::Result<usize>, Self::Buf);
+    async fn read(&mut self, buf: Self::Buf) -> (io::Result<usize>, Self::Buf);
 
     /// Writes `buf[..len]` completely (short writes are continued).
-    async fn write_all(&self, buf: Self::Buf, len: usize) -> (io::Result<()>, Self::Buf);
+    async fn write_all(&mut self, buf: Self::Buf, len: usize) -> (io::Result<()>, Self::Buf);
 
     /// Sets TCP_NODELAY.
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
@@ -168,7 +168,7 @@ pub(crate) struct ConnCtx {
 /// Serves one accepted connection to its end and accounts for it. Never fails: errors are
 /// counted, and the socket is closed when this returns.
 pub(crate) async fn serve<S: EchoStream>(
-    stream: S,
+    mut stream: S,
     buf: S::Buf,
     admitted: Admitted,
     ctx: Rc<ConnCtx>,
@@ -176,7 +176,7 @@ pub(crate) async fn serve<S: EchoStream>(
     let stats = ctx.stats.worker(ctx.worker);
     // Declared after `stream`, so dropped before it: the registry never holds a closed fd.
     let registration = ctx.registry.register(stream.as_raw_fd());
-    let result = echo(&stream, buf, &registration, |n| {
+    let result = echo(&mut stream, buf, &registration, |n| {
         stats.add(&Counts::echoed(n))
     })
     .await;
@@ -197,7 +197,7 @@ pub(crate) async fn serve<S: EchoStream>(
 
 /// The echo loop itself; see the module docs.
 async fn echo<S: EchoStream>(
-    stream: &S,
+    stream: &mut S,
     mut buf: S::Buf,
     registration: &Registration,
     echoed: impl Fn(usize),

@@ -219,7 +219,7 @@ impl AsRawFd for UringStream {
 impl EchoStream for UringStream {
     type Buf = UringBuf;
 
-    async fn read(&self, buf: UringBuf) -> (io::Result<usize>, UringBuf) {
+    async fn read(&mut self, buf: UringBuf) -> (io::Result<usize>, UringBuf) {
         match buf {
             UringBuf::Heap(v) => {
                 let (res, v) = self.0.read(v).await;
@@ -232,7 +232,7 @@ impl EchoStream for UringStream {
         }
     }
 
-    async fn write_all(&self, buf: UringBuf, len: usize) -> (io::Result<()>, UringBuf) {
+    async fn write_all(&mut self, buf: UringBuf, len: usize) -> (io::Result<()>, UringBuf) {
         match buf {
             UringBuf::Heap(v) => {
                 let (res, slice) = self.0.write_all(v.slice(..len)).await;

@@ -32,3 +32,13 @@ pub use cpu_list::{format_cpu_list, parse_cpu_list, CpuList, CPU_SETSIZE};
 pub use duration::parse_duration;
 pub use rate::parse_rate;
 pub use size::parse_size;
+
+/// Asserts that `parse` refuses every input with a one-line message that quotes it.
+#[cfg(test)]
+fn assert_refused<T: std::fmt::Debug>(parse: fn(&str) -> Result<T, String>, inputs: &[&str]) {
+    for bad in inputs {
+        let err = parse(bad).unwrap_err();
+        assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
