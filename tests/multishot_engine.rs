@@ -369,10 +369,28 @@ fn never_reading_writer(
     })
 }
 
-/// Percentile `q` (0..=1) of sorted round-trip times, in microseconds.
-fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
+/// `n` messages of 1 B to 4 KiB in lock step, each checked; returns the sorted round-trip times.
+fn ping_pong(client: &mut TcpStream, n: u64, what: &str) -> Vec<Duration> {
+    let mut rtts = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let msg = pattern(i, 1 + (i as usize * 37) % 4096);
+        let mut back = vec![0u8; msg.len()];
+        let sent = Instant::now();
+        client.write_all(&msg).unwrap();
+        client
+            .read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("message {i} {what}: {e}"));
+        rtts.push(sent.elapsed());
+        assert!(back == msg, "message {i} {what}: echo differs");
+    }
+    rtts.sort_unstable();
+    rtts
+}
+
+/// p50, p99 and max of sorted round-trip times, in microseconds.
+fn percentiles_us(sorted: &[Duration]) -> (f64, f64, f64) {
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    (at(0.5), at(0.99), at(1.0))
 }
 
 /// The fairness case of a kernel without the receive byte budget: a client that writes and
@@ -387,6 +405,10 @@ fn writer_beside_ping_pong(mode: RecvBudget) {
     p.recv_budget = mode;
     let cap = p.max_queued_buffers;
     let server = Server::start(p);
+    const MESSAGES: u64 = 1000;
+    let mut client = server.connect();
+    client.set_nodelay(true).unwrap();
+    let alone = percentiles_us(&ping_pong(&mut client, MESSAGES, "alone"));
     let stop = Arc::new(AtomicBool::new(false));
     let blocked = Arc::new(AtomicU64::new(0));
     let writer = never_reading_writer(&server, Arc::clone(&stop), Arc::clone(&blocked));
@@ -396,36 +418,17 @@ fn writer_beside_ping_pong(mode: RecvBudget) {
         assert!(Instant::now() < deadline, "the writer was never held back");
         thread::sleep(Duration::from_millis(10));
     }
-    let mut client = server.connect();
-    client.set_nodelay(true).unwrap();
-    const MESSAGES: u64 = 1000;
-    let mut rtts = Vec::with_capacity(MESSAGES as usize);
-    for i in 0..MESSAGES {
-        let msg = pattern(i, 1 + (i as usize * 37) % 4096);
-        let mut back = vec![0u8; msg.len()];
-        let sent = Instant::now();
-        client.write_all(&msg).unwrap();
-        client
-            .read_exact(&mut back)
-            .unwrap_or_else(|e| panic!("message {i} beside the writer: {e}"));
-        rtts.push(sent.elapsed());
-        assert!(back == msg, "message {i}: echo differs");
-    }
+    let (p50, p99, max) = percentiles_us(&ping_pong(&mut client, MESSAGES, "beside the writer"));
     stop.store(true, Ordering::Relaxed);
     let (w, written) = writer.join().unwrap();
     drop(w);
     drop(client);
     let (report, counts) = server.stop();
     assert_no_leaks(&report);
-    rtts.sort_unstable();
-    let (p50, p99, max) = (
-        percentile_us(&rtts, 0.5),
-        percentile_us(&rtts, 0.99),
-        rtts[rtts.len() - 1].as_secs_f64() * 1e6,
-    );
     eprintln!(
-        "writer beside ping-pong ({mode:?}, kernel {}, receives: {}): {MESSAGES} messages echoed, \
-         p50 {p50:.0} us, p99 {p99:.0} us, max {max:.0} us; the writer wrote {} KiB, was held \
+        "writer beside ping-pong ({mode:?}, kernel {}, receives: {}): {MESSAGES} messages echoed \
+         beside the writer, p50 {p50:.0} us, p99 {p99:.0} us, max {max:.0} us (alone before it: \
+         p50 {:.0} us, p99 {:.0} us, max {:.0} us); the writer wrote {} KiB, was held \
          back {} times; most buffers one connection held: {} of {} (cap {cap}); parks {}; \
          receive SQEs {}, waits {}",
         probe::kernel_release(),
@@ -434,6 +437,9 @@ fn writer_beside_ping_pong(mode: RecvBudget) {
         } else {
             "single-shot"
         },
+        alone.0,
+        alone.1,
+        alone.2,
         written / 1024,
         blocked.load(Ordering::Relaxed),
         report.peak_conn_buffers,

@@ -215,7 +215,9 @@ mod tests {
 
     #[test]
     fn each_cause_is_named_with_the_epoll_hint() {
-        let cases: [(i32, Option<u8>, &[Feature], bool, &str); 9] = [
+        /// errno, sysctl, flags refused, bare setup refused, expected words.
+        type Case = (i32, Option<u8>, &'static [Feature], bool, &'static str);
+        let cases: [Case; 9] = [
             (libc::ENOSYS, None, &[], false, "seccomp"),
             (
                 libc::EPERM,

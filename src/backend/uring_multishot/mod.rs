@@ -5,7 +5,9 @@
 //! keeps one multishot recv per connection armed in the kernel, receives into a shared
 //! provided-buffer ring and echoes straight from the buffer the kernel filled, so a steady echo
 //! costs one `Send` SQE per received buffer and a handful of `io_uring_enter` calls per loop
-//! iteration shared by every connection.
+//! iteration shared by every connection. On kernels without the multishot receive byte budget
+//! (before Linux 6.17) it arms single-shot receives of one provided buffer instead, which keeps
+//! the per-connection bound at one more SQE per received buffer (`ops`).
 //!
 //! What one worker owns (one [`Engine`] per worker thread, created *on* that thread, because the
 //! ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN`; the type is not `Send`):
