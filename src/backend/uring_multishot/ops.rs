@@ -21,8 +21,8 @@
 //!     rest of the loop's batch.
 //!
 //!   A multishot receive *without* the budget cannot keep the bound: the kernel's retry loop
-//!   drains a socket into the pool within one `io_uring_enter`, faster than any cancel (one
-//!   never-reading client held 64 of 64 buffers and another client timed out).
+//!   drains a socket into the pool within one `io_uring_enter`, faster than any cancel, so one
+//!   never-reading client could hold the whole pool (measured in README "Kernels").
 //! - Fallback per operation: a budgeted receive has its own op ([`Op::RecvMulti`]). If the
 //!   kernel refuses one (EINVAL: the probe was wrong, or the kernel takes the SQE but rejects the
 //!   budget when it runs it), that connection re-arms with single-shot receives, and so do

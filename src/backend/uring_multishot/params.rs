@@ -245,7 +245,10 @@ mod tests {
             u.missing(),
             [Feature::RecvBudget, Feature::MultishotTimeout]
         );
-        assert_eq!(u.off(), [Feature::RecvMultishot, Feature::SendZc]);
+        assert_eq!(
+            u.off(),
+            [Feature::ExtArg, Feature::RecvMultishot, Feature::SendZc]
+        );
         assert!(!u.in_use().contains(&Feature::ExtArg), "no --batch-wait");
 
         let mut new = kernel(&base);
