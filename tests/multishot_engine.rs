@@ -659,6 +659,15 @@ fn idle_connection_gets_eof_within_the_window() {
     let idle = Duration::from_millis(300);
     let mut p = params();
     p.idle_timeout = Some(idle);
+    // The sweep is a multishot timeout (Linux 6.4) or, without one, a re-armed single-shot one.
+    eprintln!(
+        "idle sweep: {}",
+        if p.usage(&probe::features()).uses(Feature::MultishotTimeout) {
+            "multishot timeout"
+        } else {
+            "single-shot timeouts re-armed (no multishot timeouts on this kernel)"
+        }
+    );
     let server = Server::start(p);
     let mut s = server.connect();
     // Before the write: no progress of the server on this connection can be earlier.
