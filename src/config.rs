@@ -17,6 +17,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use echo_units::{format_cpu_list, parse_cpu_list, parse_duration, parse_size, CpuList};
 
+use crate::probe::Feature;
+
 /// Default listen address: dual-stack, on the port of the classic Python echo tutorial.
 pub const DEFAULT_LISTEN: &str = "[::]:65432";
 /// Default `listen()` backlog.
@@ -178,11 +180,50 @@ pub struct Cli {
     #[arg(long, value_name = "N,DUR", value_parser = parse_batch_wait)]
     pub batch_wait: Option<BatchWait>,
 
-    /// (uring-multishot) Developer flag, hidden from --help: arm single-shot receives (the
-    /// fallback of kernels without the multishot receive byte budget, Linux 6.17) even where
-    /// the kernel has the budget, to test and measure that path (README "Kernels").
-    #[arg(long, hide = true)]
-    pub no_recv_budget: bool,
+    /// (uring-multishot) Switch an optional io_uring feature on or off: NAME=on|off, repeatable
+    ///
+    /// NAME is one of the switchable features of the `features:` line (see README "Kernels"):
+    /// recv_budget. By default each is used where the kernel has it and it measurably helps;
+    /// `off` measures the engine without it (an A/B, or the fallback of an older kernel), `on`
+    /// insists on it: a kernel without it is refused at start with a one-line error.
+    #[arg(long = "feature", value_name = "NAME=on|off", value_parser = parse_feature_switch)]
+    pub features: Vec<FeatureSwitch>,
+}
+
+/// Optional io_uring features `--feature` can switch; the others of [`Feature`] are required by
+/// an engine or decided by other flags.
+pub const SWITCHABLE_FEATURES: [Feature; 1] = [Feature::RecvBudget];
+
+/// One `--feature NAME=on|off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeatureSwitch {
+    /// Which feature.
+    pub feature: Feature,
+    /// `on` (insist) or `off` (do without).
+    pub on: bool,
+}
+
+/// Parses `NAME=on|off` for `--feature`.
+pub fn parse_feature_switch(s: &str) -> Result<FeatureSwitch, String> {
+    let names = || {
+        SWITCHABLE_FEATURES
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=on|off (NAME: {})", names()))?;
+    let feature = Feature::from_name(name.trim())
+        .filter(|f| SWITCHABLE_FEATURES.contains(f))
+        .ok_or_else(|| format!("{name:?} is not a switchable feature (one of: {})", names()))?;
+    let on = match value.trim() {
+        "on" => true,
+        "off" => false,
+        other => return Err(format!("{other:?}: a feature is switched on or off")),
+    };
+    Ok(FeatureSwitch { feature, on })
 }
 
 /// `--batch-wait N,DUR`: completion batching for the uring-multishot engine (its one definition:
@@ -210,9 +251,18 @@ pub struct UringOpts {
     pub fixed_buffers: bool,
     /// Completion batching (uring-multishot only).
     pub batch_wait: Option<BatchWait>,
-    /// Arm single-shot receives even where the kernel has the receive byte budget
-    /// (uring-multishot only; the hidden developer flag `--no-recv-budget`).
-    pub no_recv_budget: bool,
+    /// `--feature` switches (uring-multishot only), at most one per feature.
+    pub features: Vec<FeatureSwitch>,
+}
+
+impl UringOpts {
+    /// How `--feature` set `feature`: `Some(true)` on, `Some(false)` off, `None` default.
+    pub fn switch(&self, feature: Feature) -> Option<bool> {
+        self.features
+            .iter()
+            .find(|s| s.feature == feature)
+            .map(|s| s.on)
+    }
 }
 
 /// Validated server configuration.
@@ -332,8 +382,21 @@ impl TryFrom<Cli> for Config {
         if cli.batch_wait.is_some() && cli.runtime != RuntimeKind::UringMultishot {
             bail!("--batch-wait applies to --runtime uring-multishot only");
         }
-        if cli.no_recv_budget && cli.runtime != RuntimeKind::UringMultishot {
-            bail!("--no-recv-budget applies to --runtime uring-multishot only");
+        if let Some(switch) = cli.features.first() {
+            if cli.runtime != RuntimeKind::UringMultishot {
+                bail!(
+                    "--feature {}: feature switches apply to --runtime uring-multishot only",
+                    switch.feature
+                );
+            }
+        }
+        for (i, switch) in cli.features.iter().enumerate() {
+            if cli.features[..i]
+                .iter()
+                .any(|s| s.feature == switch.feature)
+            {
+                bail!("--feature {} is given twice", switch.feature);
+            }
         }
         let ring_entries = cli.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
         if ring_entries == 0 || ring_entries > MAX_RING_ENTRIES {
@@ -381,7 +444,7 @@ impl TryFrom<Cli> for Config {
                 coop_taskrun: cli.coop_taskrun,
                 fixed_buffers: cli.fixed_buffers,
                 batch_wait: cli.batch_wait,
-                no_recv_budget: cli.no_recv_budget,
+                features: cli.features,
             },
         })
     }
@@ -461,21 +524,53 @@ mod tests {
     }
 
     #[test]
-    fn no_recv_budget_is_hidden_and_multishot_only() {
-        let c = config(&["--runtime", "uring-multishot", "--no-recv-budget"]).unwrap();
-        assert!(c.uring.no_recv_budget);
-        assert!(
-            !config(&["--runtime", "uring-multishot"])
-                .unwrap()
-                .uring
-                .no_recv_budget
-        );
+    fn feature_switches_are_multishot_only_and_checked() {
+        let c = config(&[
+            "--runtime",
+            "uring-multishot",
+            "--feature",
+            "recv_budget=off",
+        ])
+        .unwrap();
+        assert_eq!(c.uring.switch(Feature::RecvBudget), Some(false));
+        assert_eq!(config(&[]).unwrap().uring.switch(Feature::RecvBudget), None);
         for runtime in ["uring", "epoll"] {
-            let err = config(&["--runtime", runtime, "--no-recv-budget"]).unwrap_err();
-            assert!(err.to_string().contains("uring-multishot only"), "{err}");
+            let err = format!(
+                "{:#}",
+                config(&["--runtime", runtime, "--feature", "recv_budget=off"]).unwrap_err()
+            );
+            assert!(err.contains("uring-multishot only"), "{err}");
         }
-        let help = Cli::command().render_long_help().to_string();
-        assert!(!help.contains("--no-recv-budget"), "{help}");
+        let twice = [
+            "--runtime",
+            "uring-multishot",
+            "--feature",
+            "recv_budget=off",
+            "--feature",
+            "recv_budget=on",
+        ];
+        assert!(format!("{:#}", config(&twice).unwrap_err()).contains("twice"));
+        assert_eq!(
+            parse_feature_switch("recv_budget=on"),
+            Ok(FeatureSwitch {
+                feature: Feature::RecvBudget,
+                on: true
+            })
+        );
+        for bad in [
+            "recv_budget",
+            "recv_budget=maybe",
+            "bogus=on",
+            "defer_taskrun=off",
+            "=on",
+        ] {
+            let err = parse_feature_switch(bad).unwrap_err();
+            assert!(
+                err.contains(bad.split('=').next().unwrap_or(bad)) || err.contains("on or off"),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains('\n'));
+        }
     }
 
     #[test]

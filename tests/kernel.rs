@@ -1,5 +1,5 @@
 //! The server against the kernel it runs on, through the real binary: the `features:` line (once
-//! per process, agreeing with the probe), the hidden `--no-recv-budget` developer flag, and a
+//! per process, agreeing with the probe), `--feature recv_budget=off`, and a
 //! kernel where io_uring cannot be set up (a seccomp filter makes `io_uring_setup` fail the way
 //! a container profile or `kernel.io_uring_disabled` does).
 
@@ -114,11 +114,11 @@ fn features_line_once_per_process(runtime: &str) {
 for_each_runtime!(features_line_once_per_process);
 
 #[test]
-fn no_recv_budget_flag_switches_to_single_shot_receives() {
+fn recv_budget_off_switches_to_single_shot_receives() {
     let features = probe::features();
     let server = spawn(
         "uring-multishot",
-        &["--no-recv-budget", "--buffer-size", "4KiB"],
+        &["--feature", "recv_budget=off", "--buffer-size", "4KiB"],
     );
     let clients: Vec<_> = (0..8u64)
         .map(|i| {
@@ -157,6 +157,38 @@ fn no_recv_budget_flag_switches_to_single_shot_receives() {
     }
     assert_eq!(exited.count("bytes_echoed"), 8 << 20);
     exited.assert_zero(&common::ERROR_COUNTERS);
+}
+
+/// `--feature NAME=on` insists: where the kernel has every switchable feature the server runs
+/// (and lists it in use), where it lacks one the start is refused in one line naming the feature.
+#[test]
+fn feature_on_is_used_or_refused() {
+    let features = probe::features();
+    for feature in uring_echo::config::SWITCHABLE_FEATURES {
+        let switch = format!("{}=on", feature.name());
+        let args = [
+            "--runtime",
+            "uring-multishot",
+            "--listen",
+            "127.0.0.1:0",
+            "--feature",
+            &switch,
+        ];
+        if features.has(feature) {
+            let server = TestServer::spawn(&args);
+            echo_once(&mut server.connect(), b"insisted");
+            let exited = server.stop();
+            assert!(list(&exited.features(), "in_use").contains(&feature));
+        } else {
+            eprintln!("{feature}: absent on this kernel, so `{switch}` must be refused");
+            let exited = common::run_to_exit(&args, &[]);
+            assert_one_line_error(
+                &exited,
+                1,
+                &[&format!("--feature {switch}"), "does not have it"],
+            );
+        }
+    }
 }
 
 // ---- io_uring unavailable ---------------------------------------------------------------------

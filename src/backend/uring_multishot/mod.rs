@@ -67,6 +67,23 @@ pub(crate) fn run_worker(worker: Worker) {
         shared,
         ready,
     } = worker;
+    // Probed only when a feature is insisted on: where io_uring is unavailable, the engine's
+    // own setup error (below) is the one line to report.
+    if let Some(switch) = shared
+        .config
+        .uring
+        .features
+        .iter()
+        .find(|s| s.on && !crate::probe::features().has(s.feature))
+    {
+        ready.fail(anyhow::anyhow!(
+            "--feature {}=on: this kernel does not have it (upstream since Linux {}; see the \
+             features: line and README \"Kernels\")",
+            switch.feature,
+            switch.feature.since()
+        ));
+        return;
+    }
     let params = Params::from_config(&shared.config);
     let (buffers, buffer_size) = (params.buffers, params.buffer_size);
     let engine = match Engine::new(listener, params) {

@@ -15,7 +15,7 @@
 //!     ends it. Small receives use whole buffers for few bytes, so the engine also cancels the
 //!     receive when the queue reaches the cap. Re-armed once the queue is down to half: one SQE
 //!     serves many messages.
-//!   - *single-shot receives* (kernels without the budget, or `--no-recv-budget`): one `Recv`
+//!   - *single-shot receives* (kernels without the budget, or `--feature recv_budget=off`): one `Recv`
 //!     that selects one provided buffer, armed while the queue is below the cap, so at most one
 //!     buffer is on its way into the queue. One SQE per received buffer, submitted with the
 //!     rest of the loop's batch.

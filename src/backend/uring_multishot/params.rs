@@ -57,7 +57,7 @@ pub struct Params {
     /// abandoning their connections (the server always uses [`DRAIN_GRACE`]).
     #[doc(hidden)]
     pub drain_grace: Duration,
-    /// How receives are armed: by default as the probe says (`--no-recv-budget` switches the
+    /// How receives are armed: by default as the probe says (`--feature recv_budget=off` switches the
     /// budget off; the other values are test knobs).
     #[doc(hidden)]
     pub recv_budget: RecvBudget,
@@ -73,7 +73,7 @@ pub enum RecvBudget {
     /// elsewhere.
     #[default]
     Probe,
-    /// Single-shot receives even where the kernel has the budget (`--no-recv-budget`).
+    /// Single-shot receives even where the kernel has the budget (`--feature recv_budget=off`).
     Off,
     /// Budgeted multishot receives even where the probe found no budget (a probe that is wrong):
     /// such a kernel refuses each one, and each falls back on its own.
@@ -121,7 +121,7 @@ impl Params {
         p.drain_timeout = config.drain_timeout;
         p.nodelay = config.nodelay;
         p.batch_wait = config.uring.batch_wait;
-        if config.uring.no_recv_budget {
+        if config.uring.switch(Feature::RecvBudget) == Some(false) {
             p.recv_budget = RecvBudget::Off;
         }
         p
