@@ -1,4 +1,5 @@
-//! Statistics for comparing targets over interleaved rounds.
+//! Statistics for comparing targets over interleaved rounds, and the comparison built from them
+//! ([`comparison`]), for live runs and saved reports alike.
 //!
 //! Rounds are interleaved (every round runs every target once, in a freshly shuffled order) so
 //! that slow drifts of the machine (thermal, other tenants) hit all targets alike. Per target
@@ -21,6 +22,8 @@
 //! use ≥ 5 rounds for decisions.
 
 use serde::Serialize;
+
+use crate::report::RoundRecord;
 
 /// Target coverage of the order-statistic interval.
 pub const CONFIDENCE: f64 = 0.95;
@@ -182,6 +185,112 @@ pub fn per_round_ratios(values: &[Option<f64>], baseline: &[Option<f64>]) -> Vec
             _ => None,
         })
         .collect()
+}
+
+/// Ratio of a target against the first one.
+#[derive(Debug, Serialize)]
+pub struct RatioJson {
+    /// Median/spread of the per-round ratios.
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Significance label.
+    pub significance: Significance,
+}
+
+/// One row of the comparison.
+#[derive(Debug, Serialize)]
+pub struct CompareRow {
+    /// Target name.
+    pub name: String,
+    /// Messages per second over rounds.
+    pub msgs_per_s: Summary,
+    /// Ratio of msgs/s vs the baseline (null for the baseline itself).
+    pub msgs_per_s_ratio: Option<RatioJson>,
+    /// Server CPU ns per message over rounds (spawned servers).
+    pub server_cpu_ns_per_msg: Option<Summary>,
+    /// Ratio of server CPU per message vs the baseline.
+    pub server_cpu_ratio: Option<RatioJson>,
+    /// p99 latency (µs) over rounds.
+    pub p99_us: Summary,
+}
+
+/// The comparison section.
+#[derive(Debug, Serialize)]
+pub struct ComparisonJson {
+    /// Name of the first target (ratios are relative to it).
+    pub baseline: String,
+    /// Rounds.
+    pub rounds: usize,
+    /// Rows, in target order.
+    pub rows: Vec<CompareRow>,
+}
+
+/// One target's per-round records, as the comparison reads them: from a live run
+/// ([`crate::report::TargetRun`]) or from a saved report ([`crate::report::TargetJson`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Series<'a> {
+    /// Target name (the row label).
+    pub name: &'a str,
+    /// Its rounds; `round` numbers pair them with the baseline's.
+    pub rounds: &'a [RoundRecord],
+}
+
+/// Build the comparison of `targets` against the first one (needs more than one target or
+/// more than one round). Rounds are paired by their `round` number.
+pub fn comparison(targets: &[Series<'_>]) -> Option<ComparisonJson> {
+    let rounds = targets.iter().map(|t| t.rounds.len()).max().unwrap_or(0);
+    if targets.is_empty() || (targets.len() < 2 && rounds < 2) {
+        return None;
+    }
+    let per_round = |t: &Series<'_>, f: &dyn Fn(&RoundRecord) -> Option<f64>| -> Vec<Option<f64>> {
+        (1..=rounds)
+            .map(|r| t.rounds.iter().find(|x| x.round == r).and_then(f))
+            .collect()
+    };
+    let rate = |r: &RoundRecord| Some(r.msgs_per_s);
+    let cpu = |r: &RoundRecord| r.server_cpu_ns_per_msg;
+    let base_rate = per_round(&targets[0], &rate);
+    let base_cpu = per_round(&targets[0], &cpu);
+    let rows = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let rates = per_round(t, &rate);
+            let cpus = per_round(t, &cpu);
+            let cpu_samples: Vec<f64> = cpus.iter().flatten().copied().collect();
+            let ratio = |v: &[Option<f64>], b: &[Option<f64>]| {
+                let r = per_round_ratios(v, b);
+                (!r.is_empty()).then(|| {
+                    let summary = summarize(&r);
+                    RatioJson {
+                        significance: significance(&summary),
+                        summary,
+                    }
+                })
+            };
+            CompareRow {
+                name: t.name.to_string(),
+                msgs_per_s: summarize(&rates.iter().flatten().copied().collect::<Vec<_>>()),
+                msgs_per_s_ratio: if i == 0 {
+                    None
+                } else {
+                    ratio(&rates, &base_rate)
+                },
+                server_cpu_ns_per_msg: (!cpu_samples.is_empty()).then(|| summarize(&cpu_samples)),
+                server_cpu_ratio: if i == 0 {
+                    None
+                } else {
+                    ratio(&cpus, &base_cpu)
+                },
+                p99_us: summarize(&t.rounds.iter().map(|r| r.p99_us).collect::<Vec<_>>()),
+            }
+        })
+        .collect();
+    Some(ComparisonJson {
+        baseline: targets[0].name.to_string(),
+        rounds,
+        rows,
+    })
 }
 
 #[cfg(test)]

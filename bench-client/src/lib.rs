@@ -13,7 +13,8 @@
 //! - [`load`]: one trial: client threads, common start, CPU sampling, merge.
 //! - [`record`]: per-thread histograms (ns) and interval snapshots.
 //! - [`runner`]: rounds, spawned servers, output; [`spawn`]: server processes.
-//! - [`report`]: text, JSON, `.hgrm`, `.hlog`; [`plot`]: SVG; [`compare`]: statistics.
+//! - [`report`]: result and JSON types; [`report::text`]: stdout summary; [`report::hdr`]:
+//!   `.hgrm`, `.hlog`; [`plot`]: SVG; [`compare`]: comparison statistics.
 //! - [`merge`]: the `merge` subcommand; [`host`], [`clock`], [`interrupt`]: system glue.
 #![warn(missing_docs)]
 

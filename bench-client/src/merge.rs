@@ -217,7 +217,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     )?;
     if let Some(path) = &args.hgrm {
         let mut buf = Vec::new();
-        report::write_hgrm(&mut buf, h, report::HGRM_NS_PER_UNIT)?;
+        report::hdr::write_hgrm(&mut buf, h, report::hdr::HGRM_NS_PER_UNIT)?;
         crate::write_file(path, &buf, args.force)?;
     }
     if let Some(path) = &args.json {

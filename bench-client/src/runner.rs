@@ -236,12 +236,12 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
 
     // Text summary.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", report::header_line(&cfg))?;
+    writeln!(out, "{}", report::text::header_line(&cfg))?;
     for r in &runs {
-        report::print_target(&mut out, &cfg, r)?;
+        report::text::print_target(&mut out, &cfg, r)?;
     }
     if let Some(c) = report::comparison(&runs) {
-        report::print_comparison(&mut out, &c)?;
+        report::text::print_comparison(&mut out, &c)?;
     }
     if incomplete {
         writeln!(
@@ -252,7 +252,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     out.flush()?;
     drop(out);
     for r in &runs {
-        if let Some(w) = report::shortfall_warning(&cfg, r) {
+        if let Some(w) = report::text::shortfall_warning(&cfg, r) {
             eprintln!("echo-bench: {w}");
         }
     }
@@ -290,14 +290,14 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     if let Some(path) = &cfg.outputs.hgrm {
         for r in &runs {
             let mut buf = Vec::new();
-            report::write_hgrm(&mut buf, &r.latency, report::HGRM_NS_PER_UNIT)?;
+            report::hdr::write_hgrm(&mut buf, &r.latency, report::hdr::HGRM_NS_PER_UNIT)?;
             write_file(&per_target_path(path, &r.name, n), &buf, force)?;
         }
     }
     if let (Some(path), Some(interval)) = (&cfg.outputs.hlog, cfg.load.interval) {
         for r in &runs {
             let mut buf = Vec::new();
-            report::write_hlog(&mut buf, r, crate::clock::duration_to_ns(interval))?;
+            report::hdr::write_hlog(&mut buf, r, crate::clock::duration_to_ns(interval))?;
             write_file(&per_target_path(path, &r.name, n), &buf, force)?;
         }
     }
