@@ -105,7 +105,7 @@ pub struct MergeArgs {
 }
 
 /// Open-loop arrival process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arrival {
     /// Evenly spaced sends (connections phase-shifted so the total is evenly spaced too).

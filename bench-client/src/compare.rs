@@ -21,7 +21,7 @@
 //! still comes out "significant" with probability 2·2⁻ⁿ (25% for n = 3, 12.5% for n = 4) —
 //! use ≥ 5 rounds for decisions.
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::report::RoundRecord;
 
@@ -75,7 +75,7 @@ pub fn median_ci_rank(n: usize) -> (usize, f64) {
 }
 
 /// How a spread was computed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SpreadMethod {
     /// `[min, max]` (fewer than 5 rounds).
@@ -85,19 +85,24 @@ pub enum SpreadMethod {
 }
 
 /// Median and spread of a set of per-round samples.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Number of samples.
     pub n: usize,
     /// Median.
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
     /// Lower end of the spread.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lo: f64,
     /// Upper end of the spread.
+    #[serde(deserialize_with = "nan_if_null")]
     pub hi: f64,
     /// Smallest sample.
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
     /// Largest sample.
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
     /// How `lo`/`hi` were computed.
     pub method: SpreadMethod,
@@ -105,6 +110,11 @@ pub struct Summary {
     pub coverage: Option<f64>,
     /// The samples, in round order.
     pub samples: Vec<f64>,
+}
+
+/// JSON has no NaN: serde_json writes the NaN of an empty summary as `null`; read it back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Summarise per-round samples.
@@ -141,7 +151,7 @@ pub fn summarize(samples: &[f64]) -> Summary {
 }
 
 /// Whether a ratio differs from 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Significance {
     /// Fewer than 3 rounds.
@@ -188,7 +198,7 @@ pub fn per_round_ratios(values: &[Option<f64>], baseline: &[Option<f64>]) -> Vec
 }
 
 /// Ratio of a target against the first one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RatioJson {
     /// Median/spread of the per-round ratios.
     #[serde(flatten)]
@@ -198,7 +208,7 @@ pub struct RatioJson {
 }
 
 /// One row of the comparison.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompareRow {
     /// Target name.
     pub name: String,
@@ -215,7 +225,7 @@ pub struct CompareRow {
 }
 
 /// The comparison section.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComparisonJson {
     /// Name of the first target (ratios are relative to it).
     pub baseline: String,
@@ -383,6 +393,18 @@ mod tests {
             ),
             vec![2.0]
         );
+    }
+
+    #[test]
+    fn summaries_round_trip_through_json_even_when_empty() {
+        let full = summarize(&[1.5, 0.1 + 0.2, 7.0]);
+        let text = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<Summary>(&text).unwrap(), full);
+        let empty = summarize(&[]);
+        let text = serde_json::to_string(&empty).unwrap();
+        assert!(text.contains("\"median\":null"), "{text}");
+        let back: Summary = serde_json::from_str(&text).unwrap();
+        assert!(back.median.is_nan() && back.lo.is_nan() && back.n == 0);
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use std::io;
 
 use anyhow::{bail, Context};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Host metadata recorded in the JSON report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     /// `gethostname`.
     pub hostname: String,

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -41,7 +41,7 @@ pub const ERROR_SAMPLES: usize = 10;
 const START_DELAY_NS: u64 = 5_000_000;
 
 /// Error counts by kind.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorCounts {
     /// Total of all kinds.
     pub total: u64,

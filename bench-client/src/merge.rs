@@ -223,10 +223,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let json = MergeJson {
             schema_version: report::SCHEMA_VERSION,
-            tool: report::ToolJson {
-                name: "echo-bench",
-                version: env!("CARGO_PKG_VERSION"),
-            },
+            tool: report::ToolJson::this(),
             command: "merge",
             tag: args.tag.clone(),
             files: merged.files.clone(),

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::compare::{self, ComparisonJson, Series};
 use crate::config::{BenchConfig, Mode};
@@ -29,7 +29,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const MIB: f64 = 1024.0 * 1024.0;
 
 /// One round of one target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     /// Round number (1-based).
     pub round: usize,
@@ -156,10 +156,10 @@ pub fn us(ns: u64) -> f64 {
 }
 
 /// Latency figures of one histogram, as in the JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyJson {
     /// What the latency is measured from.
-    pub basis: &'static str,
+    pub basis: String,
     /// Recorded messages.
     pub count: u64,
     /// Minimum, µs.
@@ -194,7 +194,7 @@ pub fn encode_histogram(h: &Histogram<u64>) -> String {
 }
 
 /// Figures of `h`.
-pub fn latency_json(h: &Histogram<u64>, basis: &'static str) -> LatencyJson {
+pub fn latency_json(h: &Histogram<u64>, basis: &str) -> LatencyJson {
     let q = |x: f64| {
         if h.is_empty() {
             0.0
@@ -203,7 +203,7 @@ pub fn latency_json(h: &Histogram<u64>, basis: &'static str) -> LatencyJson {
         }
     };
     LatencyJson {
-        basis,
+        basis: basis.to_string(),
         count: h.len(),
         min_us: if h.is_empty() { 0.0 } else { us(h.min()) },
         mean_us: h.mean() / 1000.0,
@@ -219,7 +219,7 @@ pub fn latency_json(h: &Histogram<u64>, basis: &'static str) -> LatencyJson {
 }
 
 /// One target in the JSON report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetJson {
     /// Name.
     pub name: String,
@@ -272,16 +272,26 @@ pub struct TargetJson {
 }
 
 /// Tool name and version.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolJson {
     /// `echo-bench`
-    pub name: &'static str,
+    pub name: String,
     /// Package version.
-    pub version: &'static str,
+    pub version: String,
+}
+
+impl ToolJson {
+    /// This program.
+    pub fn this() -> ToolJson {
+        ToolJson {
+            name: "echo-bench".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
 }
 
 /// Pinning in effect.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PinningJson {
     /// Client threads' CPUs (thread i on the i-th, round robin), null if not pinned.
     pub client_cpus: Option<Vec<usize>>,
@@ -290,10 +300,10 @@ pub struct PinningJson {
 }
 
 /// Configuration as run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigJson {
     /// `closed` or `open`.
-    pub mode: &'static str,
+    pub mode: String,
     /// Connections per target.
     pub connections: usize,
     /// Message size, bytes.
@@ -327,10 +337,10 @@ pub struct ConfigJson {
 }
 
 /// Histogram settings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistogramConfigJson {
     /// Unit of the recorded values.
-    pub unit: &'static str,
+    pub unit: String,
     /// Lowest discernible value.
     pub lowest: u64,
     /// Highest trackable value.
@@ -340,7 +350,7 @@ pub struct HistogramConfigJson {
 }
 
 /// The whole JSON report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JsonReport {
     /// Schema version.
     pub schema_version: u32,
@@ -372,12 +382,22 @@ pub struct JsonReport {
     pub exit_code: u8,
 }
 
+/// An open-loop run reached its rate when it completed at least this fraction of it. Below it,
+/// the run measured a backlog rather than the latency at that rate (the `WARNING:` line,
+/// `rate_shortfall`, the suite's per-round check, `slo`'s trial validity).
+pub const MIN_ACHIEVED_RATE_RATIO: f64 = 0.99;
+
+/// Whether `achieved` messages/s reached the `target` rate (see [`MIN_ACHIEVED_RATE_RATIO`]).
+pub fn rate_reached(achieved: f64, target: f64) -> bool {
+    achieved >= MIN_ACHIEVED_RATE_RATIO * target
+}
+
 /// Rate figures of an open-loop target: (target, achieved ratio, shortfall).
 pub fn rate_check(cfg: &BenchConfig, t: &TargetRun) -> (Option<f64>, Option<f64>, bool) {
     match cfg.load.mode {
         Mode::Open { rate, .. } => {
             let ratio = t.msgs_per_s() / rate;
-            (Some(rate), Some(ratio), ratio < 0.99)
+            (Some(rate), Some(ratio), !rate_reached(t.msgs_per_s(), rate))
         }
         Mode::Closed => (None, None, false),
     }
@@ -450,10 +470,7 @@ pub fn json_report(
     };
     JsonReport {
         schema_version: SCHEMA_VERSION,
-        tool: ToolJson {
-            name: "echo-bench",
-            version: env!("CARGO_PKG_VERSION"),
-        },
+        tool: ToolJson::this(),
         command_line: cfg.command_line.clone(),
         label: cfg.label.clone(),
         start_time: humantime::format_rfc3339_micros(start_time).to_string(),
@@ -463,7 +480,7 @@ pub fn json_report(
             server_cpus: cfg.server_cpus.clone(),
         },
         config: ConfigJson {
-            mode: if open { "open" } else { "closed" },
+            mode: if open { "open" } else { "closed" }.into(),
             connections: cfg.load.connections,
             size_bytes: cfg.load.size,
             pipeline,
@@ -481,7 +498,7 @@ pub fn json_report(
             seed: cfg.seed,
             default_comparison: cfg.default_comparison,
             histogram: HistogramConfigJson {
-                unit: "ns",
+                unit: "ns".into(),
                 lowest: record::LOWEST_NS,
                 highest: record::HIGHEST_NS,
                 significant_digits: record::SIGFIG,
