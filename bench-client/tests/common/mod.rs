@@ -261,3 +261,26 @@ pub fn pid_alive(pid: u64) -> bool {
         Err(_) => false,
     }
 }
+
+/// Established TCP connections on this machine whose local port is `port` (the server side of
+/// the connections to a server listening there), from /proc/net/tcp and /proc/net/tcp6.
+pub fn established_to(port: u16) -> usize {
+    const ESTABLISHED: &str = "01";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let local_port = f
+                        .get(1)
+                        .and_then(|a| a.rsplit_once(':'))
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                    local_port == Some(port) && f.get(3) == Some(&ESTABLISHED)
+                })
+                .count()
+        })
+        .sum()
+}
