@@ -201,7 +201,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
 
-    /// Interval of the --hlog histograms (at least 1ms).
+    /// Interval of the --hlog histograms and of the open-loop check of intended vs achieved
+    /// rate per interval (at least 1ms; the rate check widens it so that a run has at most
+    /// 10,000 intervals).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 

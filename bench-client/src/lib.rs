@@ -10,7 +10,8 @@
 //! - [`message`]: message layout, pattern, streaming verifier, per-connection error kinds.
 //! - [`conn`]: drives one connection (closed loop, pipelining, open loop schedule).
 //! - [`pacer`]: microsecond timerfd wake-ups for the open loop.
-//! - [`load`]: one trial: client threads, common start, CPU sampling, merge.
+//! - [`load`]: one trial: client threads, common start, CPU sampling, merge;
+//!   [`bottleneck`]: was the client the bottleneck (thread CPU demand, send lateness).
 //! - [`record`]: per-thread histograms (ns) and interval snapshots.
 //! - [`runner`]: rounds, spawned servers, output; [`spawn`]: server processes.
 //! - [`report`]: result and JSON types; [`report::text`]: stdout summary; [`report::hdr`]:
@@ -18,6 +19,7 @@
 //! - [`merge`]: the `merge` subcommand; [`host`], [`clock`], [`interrupt`]: system glue.
 #![warn(missing_docs)]
 
+pub mod bottleneck;
 pub mod cli;
 pub mod clock;
 pub mod compare;

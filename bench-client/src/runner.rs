@@ -49,6 +49,9 @@ fn absorb(
     if let (Some(dst), Some(src)) = (run.service.as_mut(), res.service.as_ref()) {
         add_into(dst, src);
     }
+    if let (Some(dst), Some(src)) = (run.lateness.as_mut(), res.lateness.as_ref()) {
+        add_into(dst, src);
+    }
     if keep_intervals {
         let mut merged = MergedIntervals::new();
         merge_intervals(&mut merged, &res.intervals);
@@ -104,6 +107,8 @@ fn absorb(
         p99_us: q(0.99),
         server_cpu_ns_per_msg: per_msg(res.server_cpu_ns),
         client_cpu_ns_per_msg: per_msg(Some(res.client_cpu_ns)),
+        client: res.client,
+        rate_intervals_off: res.rate_intervals_off,
     });
 }
 
@@ -216,6 +221,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     for (s, r) in servers.iter_mut().zip(runs.iter_mut()) {
         if let Some(s) = s.as_mut() {
             r.server_summary = s.stop();
+            r.server_features = s.features();
         }
     }
     drop(servers);

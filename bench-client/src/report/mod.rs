@@ -17,6 +17,7 @@ use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::bottleneck::{ClientCheck, RateInterval};
 use crate::compare::{self, ComparisonJson, Series};
 use crate::config::{BenchConfig, Mode};
 use crate::host::HostInfo;
@@ -24,7 +25,7 @@ use crate::load::ErrorCounts;
 use crate::record::{self, new_histogram, MergedIntervals};
 
 /// JSON schema version; bump on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Bytes per MiB.
 pub const MIB: f64 = 1024.0 * 1024.0;
 
@@ -59,6 +60,13 @@ pub struct RoundRecord {
     pub server_cpu_ns_per_msg: Option<f64>,
     /// Client CPU ns per message.
     pub client_cpu_ns_per_msg: Option<f64>,
+    /// Whether the client was the bottleneck in this round, with the evidence (schema 2).
+    #[serde(default)]
+    pub client: ClientCheck,
+    /// Open loop: the rate intervals whose achieved rate missed the intended one by more than
+    /// 1% (schema 2).
+    #[serde(default)]
+    pub rate_intervals_off: Vec<RateInterval>,
 }
 
 /// Everything measured for one target over all rounds.
@@ -71,6 +79,8 @@ pub struct TargetRun {
     pub spawn_command: Option<String>,
     /// The server's `summary:` line at exit (spawned servers).
     pub server_summary: Option<String>,
+    /// The server's `features:` line (spawned servers that print one).
+    pub server_features: Option<String>,
     /// PID of the spawned server.
     pub server_pid: Option<u32>,
     /// Per-round records.
@@ -79,6 +89,8 @@ pub struct TargetRun {
     pub latency: Histogram<u64>,
     /// Merged service-time histogram (open loop).
     pub service: Option<Histogram<u64>>,
+    /// Merged send-lateness histogram (open loop).
+    pub lateness: Option<Histogram<u64>>,
     /// Per round: window start, window length (ns) and merged interval histograms.
     pub intervals: Vec<(SystemTime, u64, MergedIntervals)>,
     /// Totals.
@@ -125,10 +137,12 @@ impl TargetRun {
             address,
             spawn_command,
             server_summary: None,
+            server_features: None,
             server_pid: None,
             rounds: Vec::new(),
             latency: new_histogram(),
             service: open.then(new_histogram),
+            lateness: open.then(new_histogram),
             intervals: Vec::new(),
             totals: Totals::default(),
             error_samples: Vec::new(),
@@ -139,6 +153,14 @@ impl TargetRun {
     /// Messages per second over all measured windows.
     pub fn msgs_per_s(&self) -> f64 {
         per_second(self.totals.messages, self.totals.measured_ns)
+    }
+
+    /// The rounds in which the client was the bottleneck.
+    pub fn client_bound_rounds(&self) -> Vec<&RoundRecord> {
+        self.rounds
+            .iter()
+            .filter(|r| r.client.client_bound)
+            .collect()
     }
 }
 
@@ -229,6 +251,10 @@ pub struct TargetJson {
     pub spawn_command: Option<String>,
     /// Server's `summary:` line (spawned servers), else null.
     pub server_summary: Option<String>,
+    /// Server's `features:` line, verbatim (spawned servers that print one), else null
+    /// (schema 2).
+    #[serde(default)]
+    pub server_features: Option<String>,
     /// PID of the spawned server, else null.
     pub server_pid: Option<u32>,
     /// Messages completed inside the measured windows.
@@ -255,6 +281,10 @@ pub struct TargetJson {
     pub achieved_rate_ratio: Option<f64>,
     /// Open loop: achieved rate < 99% of the target.
     pub rate_shortfall: bool,
+    /// The client was the bottleneck in at least one round (see the rounds' `client`;
+    /// schema 2).
+    #[serde(default)]
+    pub client_bound: bool,
     /// Errors by kind.
     pub errors: ErrorCounts,
     /// First error descriptions (connection, seq, offset).
@@ -263,6 +293,10 @@ pub struct TargetJson {
     pub latency: LatencyJson,
     /// Open loop: latency from the actual send time; null in closed loop.
     pub service_time: Option<LatencyJson>,
+    /// Open loop: how late sends left against their intended time, for sends due while their
+    /// connection had room (schema 2); null in closed loop.
+    #[serde(default)]
+    pub send_lateness: Option<LatencyJson>,
     /// Server CPU ns per message over all rounds (spawned servers), else null.
     pub server_cpu_ns_per_msg: Option<f64>,
     /// Client CPU ns per message over all rounds.
@@ -374,6 +408,9 @@ pub struct JsonReport {
     pub comparison: Option<ComparisonJson>,
     /// Any target missed its open-loop rate by more than 1%.
     pub rate_shortfall: bool,
+    /// The client was the bottleneck for any target in any round (schema 2).
+    #[serde(default)]
+    pub client_bound: bool,
     /// Errors over all targets.
     pub errors_total: u64,
     /// Rounds not run because of an error or interrupt.
@@ -430,6 +467,7 @@ pub fn json_report(
                 address: t.address.to_string(),
                 spawn_command: t.spawn_command.clone(),
                 server_summary: t.server_summary.clone(),
+                server_features: t.server_features.clone(),
                 server_pid: t.server_pid,
                 messages: t.totals.messages,
                 warmup_messages: t.totals.warmup_messages,
@@ -443,6 +481,7 @@ pub fn json_report(
                 target_rate,
                 achieved_rate_ratio,
                 rate_shortfall,
+                client_bound: !t.client_bound_rounds().is_empty(),
                 errors: t.totals.errors,
                 error_samples: t.error_samples.clone(),
                 latency: latency_json(
@@ -457,6 +496,10 @@ pub fn json_report(
                     .service
                     .as_ref()
                     .map(|h| latency_json(h, "actual send time")),
+                send_lateness: t
+                    .lateness
+                    .as_ref()
+                    .map(|h| latency_json(h, "send lateness: actual - intended send time")),
                 server_cpu_ns_per_msg: per_msg(t.totals.server_cpu_ns, t.totals.messages),
                 client_cpu_ns_per_msg: per_msg(Some(t.totals.client_cpu_ns), t.totals.messages),
                 rounds: t.rounds.clone(),
@@ -505,6 +548,7 @@ pub fn json_report(
             },
         },
         rate_shortfall: targets_json.iter().any(|t| t.rate_shortfall),
+        client_bound: targets_json.iter().any(|t| t.client_bound),
         errors_total: targets_json.iter().map(|t| t.errors.total).sum(),
         targets: targets_json,
         comparison: comparison(targets),

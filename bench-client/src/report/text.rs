@@ -1,5 +1,6 @@
-//! The human summary on stdout: the run header, one block per target, the comparison table,
-//! and the loud warning lines. Everything printed here comes from the same [`TargetRun`] and
+//! The human summary on stdout: the run header, one block per target (with the client's own
+//! load, and the rate intervals that missed their rate), the comparison table, and the loud
+//! warning lines (rate shortfall, client bound). Everything printed here comes from the same [`TargetRun`] and
 //! [`ComparisonJson`] the JSON report is built from, so the two cannot disagree.
 
 use std::io::{self, Write};
@@ -70,13 +71,117 @@ pub fn shortfall_warning(cfg: &BenchConfig, t: &TargetRun) -> Option<String> {
     let (Some(target), Some(ratio), true) = rate_check(cfg, t) else {
         return None;
     };
+    let who = if t.client_bound_rounds().is_empty() {
+        "the server did not keep up, the client was not the bottleneck"
+    } else {
+        "the client was the bottleneck"
+    };
     Some(format!(
         "WARNING: {}: achieved rate {:.1} msgs/s is only {:.1}% of the target {target:.0} msgs/s \
-         (client or server could not keep up; latencies include the backlog)",
+         ({who}; latencies include the backlog)",
         t.name,
         t.msgs_per_s(),
         ratio * 100.0
     ))
+}
+
+/// The loud line of a target whose client was the bottleneck in some round.
+pub fn client_bound_warning(t: &TargetRun) -> Option<String> {
+    let bound = t.client_bound_rounds();
+    let first = bound.first()?;
+    let rounds = if t.rounds.len() > 1 {
+        let list: Vec<String> = bound.iter().map(|r| r.round.to_string()).collect();
+        format!(" in round(s) {}", list.join(", "))
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "WARNING: {}: CLIENT-BOUND{rounds}: {}; these figures measure echo-bench as much as the \
+         server (give the client more CPUs or threads, or less load)",
+        t.name,
+        first.client.reasons.join("; ")
+    ))
+}
+
+/// Most rate-interval lines printed per target (all of them are in the JSON).
+const MAX_RATE_INTERVAL_LINES: usize = 8;
+
+fn print_client<W: Write>(w: &mut W, t: &TargetRun) -> io::Result<()> {
+    let busiest = t
+        .rounds
+        .iter()
+        .filter_map(|r| {
+            let b = r.client.max_busy()?;
+            let th = r.client.threads.iter().find(|x| x.busy == b)?;
+            Some(th.clone())
+        })
+        .max_by(|a, b| a.busy.total_cmp(&b.busy));
+    let mut parts = Vec::new();
+    if let Some(th) = busiest {
+        let wait = th
+            .run_queue_wait
+            .map(|x| format!(", waiting for a CPU {:.0}%", x * 100.0))
+            .unwrap_or_default();
+        parts.push(format!(
+            "busiest thread busy {:.0}% of the window (on a CPU {:.0}%{wait})",
+            th.busy * 100.0,
+            th.cpu * 100.0
+        ));
+    }
+    if let Some(h) = t.lateness.as_ref().filter(|h| !h.is_empty()) {
+        let limit = t
+            .rounds
+            .iter()
+            .filter_map(|r| r.client.lateness_limit_us)
+            .reduce(f64::min)
+            .map(|l| format!(" (limit {})", fmt_us(l)))
+            .unwrap_or_default();
+        parts.push(format!(
+            "send lateness µs p50 {} p99 {} max {}{limit}",
+            fmt_us(super::us(h.value_at_quantile(0.5))),
+            fmt_us(super::us(h.value_at_quantile(0.99))),
+            fmt_us(super::us(h.max())),
+        ));
+    }
+    if !parts.is_empty() {
+        writeln!(w, "  client        {}", parts.join("; "))?;
+    }
+    let off: Vec<(usize, &crate::bottleneck::RateInterval)> = t
+        .rounds
+        .iter()
+        .flat_map(|r| r.rate_intervals_off.iter().map(move |x| (r.round, x)))
+        .collect();
+    if !off.is_empty() {
+        writeln!(
+            w,
+            "  rate          {} interval(s) missed the intended rate by more than 1%:",
+            off.len()
+        )?;
+        for (round, x) in off.iter().take(MAX_RATE_INTERVAL_LINES) {
+            let which = if t.rounds.len() > 1 {
+                format!("round {round} ")
+            } else {
+                String::new()
+            };
+            writeln!(
+                w,
+                "    {which}[{:.3} s, {:.3} s): intended {:.1}/s, achieved {:.1}/s ({:.1}%)",
+                x.start_s,
+                x.start_s + x.length_s,
+                x.intended_per_s,
+                x.achieved_per_s,
+                100.0 * x.achieved_per_s / x.intended_per_s.max(f64::MIN_POSITIVE)
+            )?;
+        }
+        if off.len() > MAX_RATE_INTERVAL_LINES {
+            writeln!(
+                w,
+                "    ... and {} more (all in the JSON report)",
+                off.len() - MAX_RATE_INTERVAL_LINES
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Print the human summary of one target.
@@ -159,6 +264,10 @@ pub fn print_target<W: Write>(w: &mut W, cfg: &BenchConfig, t: &TargetRun) -> io
     }
     if !cpu.is_empty() {
         writeln!(w, "  cpu           {}", cpu.join(", "))?;
+    }
+    print_client(w, t)?;
+    if let Some(warning) = client_bound_warning(t) {
+        writeln!(w, "  {warning}")?;
     }
     if let Some(warning) = shortfall_warning(cfg, t) {
         writeln!(w, "  {warning}")?;
