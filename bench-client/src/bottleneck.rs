@@ -12,7 +12,8 @@
 //!   pipeline waits for the server, not for the client). The client is late when the p99
 //!   exceeds [`lateness_limit_ns`]: `max(1 ms, 10 × the mean interval between the sends of one
 //!   client thread)` — a client that keeps up is late by its wake-up time (µs to a few hundred
-//!   µs); one that cannot keep up falls further behind with every send.
+//!   µs); one that cannot keep up falls further behind with every send. `slo` lowers the limit
+//!   to a share of its latency bound ([`crate::slo::SLO_LATENESS_SHARE`]).
 //!
 //! Open loop, the per-interval rates are checked as well: every rate interval of the measured
 //! window whose completed messages differ from its intended ones by more than

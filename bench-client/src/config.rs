@@ -73,6 +73,9 @@ pub struct LoadConfig {
     /// Open loop: count messages left incomplete at the deadline that were due more than this
     /// long before it (set by `slo` to its latency bound).
     pub overdue_after: Option<Duration>,
+    /// Open loop: the send-lateness p99 limit is at most this (set by `slo`: a share of its
+    /// latency bound, so that the client's own lateness cannot decide a verdict).
+    pub lateness_cap: Option<Duration>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Client threads never sleep.
@@ -373,6 +376,7 @@ impl BenchConfig {
                 interval: args.hlog.as_ref().map(|_| args.interval),
                 rate_interval: rate_interval(args.interval, duration),
                 overdue_after: None,
+                lateness_cap: None,
                 connect_timeout: args.connect_timeout,
                 busy_poll: args.busy_poll,
                 seed: args.seed,

@@ -275,6 +275,8 @@ pub struct ConnOutcome {
     /// Open loop with [`Load::overdue_after_ns`]: aborted or unsent messages that were due more
     /// than that long before the deadline (their latency, had they completed, would exceed it).
     pub overdue: u64,
+    /// Those of `overdue` that were due inside the measured window.
+    pub overdue_in_window: u64,
     /// Why the connection stopped early, if it did.
     pub error: Option<ConnError>,
 }
@@ -522,9 +524,15 @@ pub async fn drive(
             if let Some(arrivals) = &mut load.arrivals {
                 if let Some(bound) = load.overdue_after_ns {
                     let due_by = window.end_ns.saturating_sub(bound);
-                    let late_in_flight = times.iter().filter(|(i, _)| *i < due_by).count();
-                    let late_unsent = arrivals.clone().count_before(next_intended, due_by);
-                    outcome.overdue = late_in_flight as u64 + late_unsent;
+                    let from = window.measure_start_ns;
+                    let late = times.iter().filter(|(i, _)| *i < due_by);
+                    let mut in_window = [late.clone().filter(|(i, _)| *i >= from).count() as u64];
+                    let late_in_flight = late.count() as u64;
+                    let span = due_by.saturating_sub(from).max(1);
+                    let grid = &mut DueGrid::new(from, span, &mut in_window);
+                    let late_unsent = arrivals.clone().count_due(next_intended, due_by, grid);
+                    outcome.overdue = late_in_flight + late_unsent;
+                    outcome.overdue_in_window = in_window[0];
                 }
                 let mut rec = shared.recorder.borrow_mut();
                 outcome.unsent = match rec.rate_grid() {

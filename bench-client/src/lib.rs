@@ -16,6 +16,8 @@
 //! - [`runner`]: rounds, spawned servers, output; [`spawn`]: server processes.
 //! - [`report`]: result and JSON types; [`report::text`]: stdout summary; [`report::hdr`]:
 //!   `.hgrm`, `.hlog`; [`plot`]: SVG; [`compare`]: comparison statistics.
+//! - [`slo`]: the `slo` subcommand (search, trial verdicts, report, latency–throughput curve);
+//!   [`compare::saved`]: the `compare` subcommand.
 //! - [`merge`]: the `merge` subcommand; [`host`], [`clock`], [`interrupt`]: system glue.
 #![warn(missing_docs)]
 
@@ -35,6 +37,7 @@ pub mod plot;
 pub mod record;
 pub mod report;
 pub mod runner;
+pub mod slo;
 pub mod spawn;
 
 use std::io::Write;
@@ -52,6 +55,8 @@ pub fn run(cli: Cli, command_line: Vec<String>) -> anyhow::Result<u8> {
             merge::run(args)?;
             Ok(0)
         }
+        Some(cli::Command::Slo(args)) => slo::run(args, command_line),
+        Some(cli::Command::Compare(args)) => compare::saved::run(args),
         None => {
             let cfg = config::BenchConfig::from_args(&cli.bench, command_line)?;
             runner::run(cfg)

@@ -131,9 +131,14 @@ pub struct TrialResult {
     pub aborted: u64,
     /// Open loop: messages due before the deadline but never sent.
     pub unsent: u64,
-    /// Open loop with [`LoadConfig::overdue_after`]: aborted or unsent messages due more than
-    /// that long before the deadline.
+    /// Open loop with [`LoadConfig::overdue_after`] (a latency bound): aborted or unsent
+    /// messages due more than that long before the deadline.
     pub overdue: u64,
+    /// With a latency bound: of the messages due in `[window start, deadline - bound)`, those
+    /// that completed...
+    pub span_completed: u64,
+    /// ... and those that did not (overdue).
+    pub span_overdue: u64,
     /// Errors by kind.
     pub errors: ErrorCounts,
     /// The first few error descriptions.
@@ -156,6 +161,7 @@ struct ThreadOutput {
     service: Option<Histogram<u64>>,
     lateness: Option<Histogram<u64>>,
     rates: Option<RateCounts>,
+    span_completed: u64,
     intervals: Vec<IntervalSnapshot>,
     measured: u64,
     warmup: u64,
@@ -381,6 +387,8 @@ pub fn run_trial(
             aborted: 0,
             unsent: 0,
             overdue: 0,
+            span_completed: 0,
+            span_overdue: 0,
             errors: ErrorCounts::default(),
             error_samples: Vec::new(),
             measure_start: anchor.wall_at(window.measure_start_ns),
@@ -409,12 +417,14 @@ pub fn run_trial(
             }
             result.intervals.extend(out.intervals);
             result.measured += out.measured;
+            result.span_completed += out.span_completed;
             result.warmup += out.warmup;
             for o in out.outcomes {
                 result.sent += o.sent;
                 result.aborted += o.aborted;
                 result.unsent += o.unsent;
                 result.overdue += o.overdue;
+                result.span_overdue += o.overdue_in_window;
                 if let Some(e) = o.error {
                     result.errors.add(e.kind());
                     errors.push(e);
@@ -437,7 +447,13 @@ pub fn run_trial(
             result.rate_intervals_off = rate_intervals_off(rates, result.measured_ns);
         }
         let limit = match cfg.mode {
-            Mode::Open { rate, .. } => Some(lateness_limit_ns(rate, threads)),
+            Mode::Open { rate, .. } => Some(
+                cfg.lateness_cap
+                    .map(duration_to_ns)
+                    .map_or(lateness_limit_ns(rate, threads), |cap| {
+                        cap.min(lateness_limit_ns(rate, threads))
+                    }),
+            ),
             Mode::Closed => None,
         };
         result.client = ClientCheck::judge(
@@ -585,6 +601,7 @@ fn client_thread(
                 open,
                 cfg.interval.map(duration_to_ns),
                 duration_to_ns(cfg.rate_interval),
+                cfg.overdue_after.map(duration_to_ns),
             )),
             rbuf: std::cell::RefCell::new(vec![0u8; READ_BUFFER_BYTES].into_boxed_slice()),
             pacer,
@@ -638,6 +655,7 @@ fn client_thread(
             service: recorded.service,
             lateness: recorded.lateness,
             rates: recorded.rates,
+            span_completed: recorded.span_completed,
             intervals: recorded.intervals,
             measured: recorded.measured,
             warmup: recorded.warmup,

@@ -146,6 +146,9 @@ pub struct Recorder {
     service: Option<Histogram<u64>>,
     lateness: Option<Histogram<u64>>,
     rates: Option<RateCounts>,
+    /// With a latency bound: completions of the messages intended in
+    /// `[measure_start, end - bound)` (they all complete by the deadline when the bound holds).
+    span: Option<(u64, u64)>,
     intervals: Option<IntervalRecorder>,
     measured: u64,
     warmup: u64,
@@ -163,6 +166,8 @@ pub struct Recorded {
     pub lateness: Option<Histogram<u64>>,
     /// Intended and completed messages per rate interval (open loop only).
     pub rates: Option<RateCounts>,
+    /// With a latency bound: completions of messages intended in `[measure_start, end - bound)`.
+    pub span_completed: u64,
     /// Completions inside the measured window (= `latency.len()`).
     pub measured: u64,
     /// Completions during warmup (not recorded).
@@ -173,12 +178,15 @@ pub struct Recorded {
 
 impl Recorder {
     /// A recorder for `window`. `open_loop` adds the service-time and send-lateness histograms
-    /// and the per-`rate_interval_ns` counts; `interval_ns` enables interval snapshots.
+    /// and the per-`rate_interval_ns` counts; `interval_ns` enables interval snapshots;
+    /// `bound_ns` (a latency bound) the count of completions due at least that long before the
+    /// deadline.
     pub fn new(
         window: Window,
         open_loop: bool,
         interval_ns: Option<u64>,
         rate_interval_ns: u64,
+        bound_ns: Option<u64>,
     ) -> Recorder {
         let intervals = interval_ns.map(|interval_ns| IntervalRecorder {
             interval_ns,
@@ -195,6 +203,7 @@ impl Recorder {
             service: open_loop.then(new_histogram),
             lateness: open_loop.then(new_histogram),
             rates: open_loop.then(|| RateCounts::new(&window, rate_interval_ns)),
+            span: bound_ns.map(|b| (window.end_ns.saturating_sub(b), 0)),
             intervals,
             measured: 0,
             warmup: 0,
@@ -216,6 +225,11 @@ impl Recorder {
             return true;
         }
         self.measured += 1;
+        if let Some((due_by, n)) = self.span.as_mut() {
+            if intended_ns >= self.window.measure_start_ns && intended_ns < *due_by {
+                *n += 1;
+            }
+        }
         if let Some(r) = self.rates.as_mut() {
             let idx = ((done_ns - self.window.measure_start_ns) / r.interval_ns) as usize;
             if let Some(c) = r.completed.get_mut(idx) {
@@ -297,6 +311,7 @@ impl Recorder {
             service: self.service,
             lateness: self.lateness,
             rates: self.rates,
+            span_completed: self.span.map_or(0, |(_, n)| n),
             measured: self.measured,
             warmup: self.warmup,
             intervals,
@@ -345,7 +360,7 @@ mod tests {
 
     #[test]
     fn warmup_and_after_deadline_are_not_recorded() {
-        let mut r = Recorder::new(window(), false, None, 1_000);
+        let mut r = Recorder::new(window(), false, None, 1_000, None);
         assert!(r.record(1_500, 1_000, 1_000)); // warmup: counted, not recorded
         assert!(r.record(5_000, 4_000, 4_000));
         assert!(!r.record(10_000, 9_000, 9_000)); // at the deadline: aborted
@@ -358,7 +373,7 @@ mod tests {
 
     #[test]
     fn open_loop_records_intended_and_service_separately() {
-        let mut r = Recorder::new(window(), true, None, 1_000);
+        let mut r = Recorder::new(window(), true, None, 1_000, None);
         r.record(9_000, 3_000, 8_000);
         let out = r.finish();
         assert!(out.latency.equivalent(out.latency.max(), 6_000));
@@ -369,7 +384,7 @@ mod tests {
     #[test]
     fn open_loop_counts_intended_and_completed_per_interval_and_client_lateness() {
         // window [2000, 10000), intervals of 3000 ns: [2000,5000) [5000,8000) [8000,10000)
-        let mut r = Recorder::new(window(), true, None, 3_000);
+        let mut r = Recorder::new(window(), true, None, 3_000, Some(3_000));
         r.record_send(1_500, 1_600, true); // intended during warmup: not counted
         r.record_send(2_000, 2_100, true);
         r.record_send(5_500, 7_000, false); // held back by the server: counted, no lateness
@@ -379,6 +394,8 @@ mod tests {
         r.record(7_500, 5_500, 7_000);
         r.record(8_000, 3_000, 3_000);
         let out = r.finish();
+        // due before 10000 - 3000: the completions intended at 2000 and 5500 (3000: warmup)
+        assert_eq!(out.span_completed, 2);
         let rates = out.rates.unwrap();
         assert_eq!(rates.intended, [1, 1, 5]);
         assert_eq!(rates.completed, [1, 1, 1]);
@@ -408,7 +425,7 @@ mod tests {
             measure_start_ns: 1_000,
             end_ns: 100_000,
         };
-        let mut r = Recorder::new(w, false, Some(10_000), 10_000);
+        let mut r = Recorder::new(w, false, Some(10_000), 10_000, None);
         for t in (1_000..100_000).step_by(700) {
             r.record(t, t - 100, t - 100);
         }

@@ -360,6 +360,9 @@ pub struct ConfigJson {
     pub rounds: usize,
     /// `--hlog` interval, s (null without --hlog).
     pub interval_s: Option<f64>,
+    /// Open loop: interval of the intended-vs-achieved rate check, s (schema 2).
+    #[serde(default)]
+    pub rate_interval_s: Option<f64>,
     /// `--start-at`, RFC3339.
     pub start_at: Option<String>,
     /// Seed.
@@ -383,13 +386,16 @@ pub struct HistogramConfigJson {
     pub significant_digits: u8,
 }
 
-/// The whole JSON report.
+/// The fields every echo-bench report (a benchmark run, an `slo` search) starts with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JsonReport {
+pub struct ReportHeader {
     /// Schema version.
     pub schema_version: u32,
     /// Tool and version.
     pub tool: ToolJson,
+    /// `run` (a benchmark) or `slo` (schema 2; absent = `run`).
+    #[serde(default = "run_command")]
+    pub command: String,
     /// `argv` as given.
     pub command_line: Vec<String>,
     /// `--label`.
@@ -402,6 +408,18 @@ pub struct JsonReport {
     pub pinning: PinningJson,
     /// Configuration.
     pub config: ConfigJson,
+}
+
+fn run_command() -> String {
+    "run".into()
+}
+
+/// The whole JSON report of a benchmark run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonReport {
+    /// What ran, where and how.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     /// Per-target results.
     pub targets: Vec<TargetJson>,
     /// Comparison (several targets or rounds), else null.
@@ -506,14 +524,47 @@ pub fn json_report(
             }
         })
         .collect();
+    JsonReport {
+        header: report_header(cfg, host, start_time, "run"),
+        rate_shortfall: targets_json.iter().any(|t| t.rate_shortfall),
+        client_bound: targets_json.iter().any(|t| t.client_bound),
+        errors_total: targets_json.iter().map(|t| t.errors.total).sum(),
+        targets: targets_json,
+        comparison: comparison(targets),
+        incomplete,
+        exit_code,
+    }
+}
+
+/// The comparison of live runs (see [`compare::comparison`]).
+pub fn comparison(targets: &[TargetRun]) -> Option<ComparisonJson> {
+    let series: Vec<Series<'_>> = targets
+        .iter()
+        .map(|t| Series {
+            name: &t.name,
+            rounds: &t.rounds,
+        })
+        .collect();
+    compare::comparison(&series)
+}
+
+/// The header of a report of `command` (`run`, `slo`) made with `cfg`.
+pub fn report_header(
+    cfg: &BenchConfig,
+    host: &HostInfo,
+    start_time: SystemTime,
+    command: &str,
+) -> ReportHeader {
+    let open = matches!(cfg.load.mode, Mode::Open { .. });
     let pipeline = cfg.load.pipeline;
     let (rate, arrival) = match cfg.load.mode {
         Mode::Closed => (None, None),
         Mode::Open { rate, arrival } => (Some(rate), Some(arrival)),
     };
-    JsonReport {
+    ReportHeader {
         schema_version: SCHEMA_VERSION,
         tool: ToolJson::this(),
+        command: command.into(),
         command_line: cfg.command_line.clone(),
         label: cfg.label.clone(),
         start_time: humantime::format_rfc3339_micros(start_time).to_string(),
@@ -535,6 +586,7 @@ pub fn json_report(
             warmup_s: cfg.load.warmup.as_secs_f64(),
             rounds: cfg.rounds,
             interval_s: cfg.load.interval.map(|d| d.as_secs_f64()),
+            rate_interval_s: open.then_some(cfg.load.rate_interval.as_secs_f64()),
             start_at: cfg
                 .start_at
                 .map(|t| humantime::format_rfc3339_millis(t).to_string()),
@@ -547,24 +599,5 @@ pub fn json_report(
                 significant_digits: record::SIGFIG,
             },
         },
-        rate_shortfall: targets_json.iter().any(|t| t.rate_shortfall),
-        client_bound: targets_json.iter().any(|t| t.client_bound),
-        errors_total: targets_json.iter().map(|t| t.errors.total).sum(),
-        targets: targets_json,
-        comparison: comparison(targets),
-        incomplete,
-        exit_code,
     }
-}
-
-/// The comparison of live runs (see [`compare::comparison`]).
-pub fn comparison(targets: &[TargetRun]) -> Option<ComparisonJson> {
-    let series: Vec<Series<'_>> = targets
-        .iter()
-        .map(|t| Series {
-            name: &t.name,
-            rounds: &t.rounds,
-        })
-        .collect();
-    compare::comparison(&series)
 }

@@ -284,3 +284,78 @@ pub fn established_to(port: u16) -> usize {
         })
         .sum()
 }
+
+/// An echo server with a known capacity: every message (`size` bytes, from any connection)
+/// waits for one worker that serves one message at a time and takes exactly `service` per
+/// message, in virtual time: a message is done at `max(arrival, previous done) + service`, and
+/// the worker sleeps until then. A late wake-up delays that message but not the ones after
+/// it, so the capacity is exactly one message per `service` whatever the machine's jitter.
+pub struct ServiceServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+type Job = (Instant, Arc<TcpStream>, Vec<u8>);
+
+impl ServiceServer {
+    pub fn start(size: usize, service: Duration) -> ServiceServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind service server");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            let mut done = Instant::now();
+            for (arrived, stream, msg) in queue {
+                done = done.max(arrived) + service;
+                let now = Instant::now();
+                if done > now {
+                    std::thread::sleep(done - now);
+                }
+                let _ = (&*stream).write_all(&msg);
+            }
+        });
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
+                let stream = Arc::new(stream);
+                let jobs = jobs.clone();
+                std::thread::spawn(move || {
+                    let mut msg = vec![0u8; size];
+                    while (&*stream).read_exact(&mut msg).is_ok() {
+                        if jobs
+                            .send((Instant::now(), stream.clone(), msg.clone()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ServiceServer {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for ServiceServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -21,6 +21,8 @@
 //! still comes out "significant" with probability 2·2⁻ⁿ (25% for n = 3, 12.5% for n = 4) —
 //! use ≥ 5 rounds for decisions.
 
+pub mod saved;
+
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::report::RoundRecord;
