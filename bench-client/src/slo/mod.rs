@@ -485,8 +485,10 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
 
     let force = cfg.bench.outputs.force;
     if let Some(path) = &cfg.bench.outputs.json {
+        let mut header = report_header(&cfg.bench, &host, first_start, "slo");
+        header.config.rate = None; // every trial has its own
         let json = SloReport {
-            header: report_header(&cfg.bench, &host, first_start, "slo"),
+            header,
             slo: slo.clone(),
             errors_total,
             exit_code,
