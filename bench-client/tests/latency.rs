@@ -57,7 +57,8 @@ fn delay_server_median_is_the_delay() {
 
 /// Open loop against a server that stalls once for a second: the stall shows in the
 /// latency measured from the intended send time, but not in the service time, where only
-/// the few messages actually in flight during the stall are slow.
+/// the few messages actually in flight during the stall are slow; and the rate intervals of
+/// the stall (nothing completes) and of the catching up (more than intended) are listed.
 #[test]
 fn a_stall_shows_in_corrected_latency_not_in_service_time() {
     let _serial = timing_lock();
@@ -77,13 +78,33 @@ fn a_stall_shows_in_corrected_latency_not_in_service_time() {
         "2s",
         "--warmup",
         "200ms",
+        "--interval",
+        "250ms",
         "--json",
         &path_str(&json),
         &server.target(),
     ]);
-    expect_success(&out);
+    let text = expect_success(&out);
     let j = read_json(&json);
     let t = &j["targets"][0];
+    assert_eq!(j["config"]["rate_interval_s"], 0.25);
+    let off = t["rounds"][0]["rate_intervals_off"].as_array().unwrap();
+    assert!(
+        off.iter()
+            .any(|i| i["achieved_per_s"].as_f64().unwrap() < 200.0
+                && (i["intended_per_s"].as_f64().unwrap() - 2000.0).abs() < 100.0),
+        "no stalled interval listed: {off:?}"
+    );
+    assert!(
+        off.iter()
+            .any(|i| i["achieved_per_s"].as_f64().unwrap() > 2100.0),
+        "no catching-up interval listed: {off:?}"
+    );
+    assert!(
+        text.contains("interval(s) missed the intended rate by more than 1%:")
+            && text.contains("intended 2000.0/s, achieved 0.0/s (0.0%)"),
+        "{text}"
+    );
     let corrected = &t["latency"];
     let service = &t["service_time"];
     assert_eq!(corrected["basis"], "intended send time");
@@ -133,6 +154,12 @@ fn a_missed_rate_is_flagged() {
     let text = expect_success(&out);
     assert!(
         text.contains("WARNING") && text.contains("of the target 1000 msgs/s"),
+        "{text}"
+    );
+    // The client kept its schedule (the sends it could make left on time): the server is
+    // named as the one that did not keep up.
+    assert!(
+        text.contains("the server did not keep up, the client was not the bottleneck"),
         "{text}"
     );
     assert!(stderr(&out).contains("WARNING"));
