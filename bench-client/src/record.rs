@@ -393,12 +393,13 @@ mod tests {
         r.record(4_000, 2_000, 2_100);
         r.record(7_500, 5_500, 7_000);
         r.record(8_000, 3_000, 3_000);
+        r.record(9_000, 7_500, 7_600); // due less than the bound before the deadline
         let out = r.finish();
-        // due before 10000 - 3000: the completions intended at 2000 and 5500 (3000: warmup)
-        assert_eq!(out.span_completed, 2);
+        // intended in [2000, 10000 - 3000): the completions intended at 2000, 5500 and 3000
+        assert_eq!(out.span_completed, 3);
         let rates = out.rates.unwrap();
         assert_eq!(rates.intended, [1, 1, 5]);
-        assert_eq!(rates.completed, [1, 1, 1]);
+        assert_eq!(rates.completed, [1, 1, 2]);
         let late = out.lateness.unwrap();
         assert_eq!(late.len(), 2);
         assert!(late.equivalent(late.max(), 100));

@@ -296,7 +296,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<u8> {
             .map(|(f, r)| {
                 (
                     f.label.clone(),
-                    r.targets.iter().map(|t| t.name.clone()).collect(),
+                    r.targets.iter().map(|t| t.info.name.clone()).collect(),
                 )
             })
             .collect();
@@ -306,7 +306,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<u8> {
             &names
                 .iter()
                 .zip(&targets)
-                .map(|(n, t)| (n.clone(), t.server_features.clone()))
+                .map(|(n, t)| (n.clone(), t.info.server_features.clone()))
                 .collect::<Vec<_>>(),
         ));
         for (n, t) in names.iter().zip(&targets) {
@@ -353,22 +353,23 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<u8> {
             .map(|(f, r)| {
                 (
                     f.label.clone(),
-                    r.slo.targets.iter().map(|t| t.name.clone()).collect(),
+                    r.slo.targets.iter().map(|t| t.info.name.clone()).collect(),
                 )
             })
             .collect();
         let targets: Vec<SloTargetJson> = names(&per_file)
             .into_iter()
             .zip(slos.iter().flat_map(|r| r.slo.targets.iter()))
-            .map(|(n, t)| SloTargetJson {
-                name: n,
-                ..t.clone()
+            .map(|(n, t)| {
+                let mut t = t.clone();
+                t.info.name = n;
+                t
             })
             .collect();
         warnings.extend(feature_warnings(
             &targets
                 .iter()
-                .map(|t| (t.name.clone(), t.server_features.clone()))
+                .map(|t| (t.info.name.clone(), t.info.server_features.clone()))
                 .collect::<Vec<_>>(),
         ));
         for w in &warnings {

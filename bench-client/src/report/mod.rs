@@ -240,9 +240,9 @@ pub fn latency_json(h: &Histogram<u64>, basis: &str) -> LatencyJson {
     }
 }
 
-/// One target in the JSON report.
+/// What a report says about a target besides its figures (a run's and an `slo` search's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TargetJson {
+pub struct TargetInfo {
     /// Name.
     pub name: String,
     /// Address connected to.
@@ -257,6 +257,14 @@ pub struct TargetJson {
     pub server_features: Option<String>,
     /// PID of the spawned server, else null.
     pub server_pid: Option<u32>,
+}
+
+/// One target in the JSON report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetJson {
+    /// Which target.
+    #[serde(flatten)]
+    pub info: TargetInfo,
     /// Messages completed inside the measured windows.
     pub messages: u64,
     /// Completed during warmup (not recorded).
@@ -481,12 +489,14 @@ pub fn json_report(
         .map(|t| {
             let (target_rate, achieved_rate_ratio, rate_shortfall) = rate_check(cfg, t);
             TargetJson {
-                name: t.name.clone(),
-                address: t.address.to_string(),
-                spawn_command: t.spawn_command.clone(),
-                server_summary: t.server_summary.clone(),
-                server_features: t.server_features.clone(),
-                server_pid: t.server_pid,
+                info: TargetInfo {
+                    name: t.name.clone(),
+                    address: t.address.to_string(),
+                    spawn_command: t.spawn_command.clone(),
+                    server_summary: t.server_summary.clone(),
+                    server_features: t.server_features.clone(),
+                    server_pid: t.server_pid,
+                },
                 messages: t.totals.messages,
                 warmup_messages: t.totals.warmup_messages,
                 sent: t.totals.sent,

@@ -49,7 +49,13 @@ pub fn render_svg(title: &str, slo: &SloJson) -> anyhow::Result<String> {
     let curves: Vec<(&str, Vec<CurvePoint>, Option<f64>)> = slo
         .targets
         .iter()
-        .map(|t| (t.name.as_str(), curve_points(&t.trials), t.max_rate_lower))
+        .map(|t| {
+            (
+                t.info.name.as_str(),
+                curve_points(&t.trials),
+                t.max_rate_lower,
+            )
+        })
         .collect();
     let all = curves.iter().flat_map(|c| c.1.iter());
     let x_max = all.clone().map(|p| p.rate).fold(1.0f64, f64::max) * 1.05;

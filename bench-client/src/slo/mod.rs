@@ -41,7 +41,7 @@ use rand::SeedableRng;
 use crate::cli::SloArgs;
 use crate::config::{self, check_outputs, Arrival, BenchConfig, LoadConfig, Mode};
 use crate::load::{self, CpuSource, TrialResult};
-use crate::report::{rate_reached, report_header, us};
+use crate::report::{rate_reached, report_header, us, TargetInfo};
 use crate::runner::{begin, start_targets};
 use crate::write_file;
 use report::{SloJson, SloReport, SloTargetJson, SloTrial};
@@ -293,12 +293,14 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
         .iter()
         .map(|t| TargetSearch {
             json: SloTargetJson {
-                name: t.name.clone(),
-                address: t.address.to_string(),
-                spawn_command: t.spawn_command.clone(),
-                server_summary: None,
-                server_features: None,
-                server_pid: t.server.as_ref().and_then(|s| s.pid()),
+                info: TargetInfo {
+                    name: t.name.clone(),
+                    address: t.address.to_string(),
+                    spawn_command: t.spawn_command.clone(),
+                    server_summary: None,
+                    server_features: None,
+                    server_pid: t.server.as_ref().and_then(|s| s.pid()),
+                },
                 saturation_probe_msgs_per_s: None,
                 start_rate: cfg.start_rate.unwrap_or(0.0),
                 max_rate_lower: None,
@@ -366,7 +368,7 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
                 errors_total += res.errors.total;
                 eprintln!(
                     "echo-bench: {}: {} connection error(s) in a trial; first: {}",
-                    t.json.name,
+                    t.json.info.name,
                     res.errors.total,
                     res.error_samples.first().map_or("", String::as_str)
                 );
@@ -382,13 +384,13 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
                 if rate <= 0.0 {
                     bail!(
                         "{}: no message completed in the closed-loop probe",
-                        t.json.name
+                        t.json.info.name
                     );
                 }
                 if !quiet {
                     eprintln!(
                         "slo: {}: closed-loop probe {rate:.1} msgs/s{}",
-                        t.json.name,
+                        t.json.info.name,
                         if res.client.client_bound {
                             " (client-bound: the server may sustain more)"
                         } else {
@@ -405,7 +407,7 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
             if !quiet {
                 eprintln!(
                     "slo: {} trial {} at {offered:.1} msgs/s: achieved {:.1}, {} {:.1} µs: {}",
-                    t.json.name,
+                    t.json.info.name,
                     record.trial,
                     record.achieved_rate,
                     report::quantile_name(cfg.quantile),
@@ -428,8 +430,8 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
 
     for (t, s) in targets.iter_mut().zip(started.iter_mut()) {
         if let Some(server) = s.server.as_mut() {
-            t.json.server_summary = server.stop();
-            t.json.server_features = server.features();
+            t.json.info.server_summary = server.stop();
+            t.json.info.server_features = server.features();
         }
         let search = t.search.get_or_insert_with(|| {
             let mut s = Search::new(MIN_PROBE_RATE, cfg.params);

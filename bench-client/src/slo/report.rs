@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::search::{RateRecord, StopReason, Verdict};
 use crate::bottleneck::ClientCheck;
-use crate::report::ReportHeader;
+use crate::report::{ReportHeader, TargetInfo};
 
 /// One trial of one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,18 +52,9 @@ pub struct SloTrial {
 /// The search of one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SloTargetJson {
-    /// Name.
-    pub name: String,
-    /// Address connected to.
-    pub address: String,
-    /// Command (spawned servers), else null.
-    pub spawn_command: Option<String>,
-    /// Server's `summary:` line (spawned servers), else null.
-    pub server_summary: Option<String>,
-    /// Server's `features:` line, verbatim, else null.
-    pub server_features: Option<String>,
-    /// PID of the spawned server, else null.
-    pub server_pid: Option<u32>,
+    /// Which target.
+    #[serde(flatten)]
+    pub info: TargetInfo,
     /// Messages/s of the closed-loop probe the search started from (null with --start-rate).
     pub saturation_probe_msgs_per_s: Option<f64>,
     /// The first rate probed.
@@ -206,8 +197,8 @@ pub fn compare_bounds(t: &SloTargetJson, b: &SloTargetJson, slo: &str) -> Bounds
             if above { "higher" } else { "lower" },
             format!(
                 "{} sustains {mid} {}'s rate at {slo} (between {} and {}): bounds do not overlap",
-                t.name,
-                b.name,
+                t.info.name,
+                b.info.name,
                 fmt_ratio(ratio_lo),
                 fmt_ratio(ratio_hi)
             ),
@@ -217,16 +208,16 @@ pub fn compare_bounds(t: &SloTargetJson, b: &SloTargetJson, slo: &str) -> Bounds
             "overlap",
             format!(
                 "{} ({} msgs/s) vs {} ({} msgs/s) at {slo}: bounds overlap: no difference shown",
-                t.name,
+                t.info.name,
                 bounds_text(t),
-                b.name,
+                b.info.name,
                 bounds_text(b)
             ),
         )
     };
     BoundsComparison {
-        target: t.name.clone(),
-        baseline: b.name.clone(),
+        target: t.info.name.clone(),
+        baseline: b.info.name.clone(),
         outcome: outcome.into(),
         ratio_lo,
         ratio_hi,
@@ -255,7 +246,7 @@ pub fn print_trials<W: Write>(w: &mut W, s: &SloJson) -> io::Result<()> {
     let name_w = s
         .targets
         .iter()
-        .map(|t| t.name.len())
+        .map(|t| t.info.name.len())
         .max()
         .unwrap_or(6)
         .max(6);
@@ -285,7 +276,7 @@ pub fn print_trials<W: Write>(w: &mut W, s: &SloJson) -> io::Result<()> {
             writeln!(
                 w,
                 "  {:<name_w$}  {:>3}  {:>11.1}  {:>11.1}  {:>9.1}  {:>9.1}  {:>9.1}{q}  {late:>11}  {}",
-                t.name,
+                t.info.name,
                 x.trial,
                 x.offered_rate,
                 x.achieved_rate,
@@ -310,7 +301,7 @@ pub fn print_bounds<W: Write>(w: &mut W, s: &SloJson) -> io::Result<()> {
     let name_w = s
         .targets
         .iter()
-        .map(|t| t.name.len())
+        .map(|t| t.info.name.len())
         .max()
         .unwrap_or(6)
         .max(6);
@@ -333,7 +324,7 @@ pub fn print_bounds<W: Write>(w: &mut W, s: &SloJson) -> io::Result<()> {
         writeln!(
             w,
             "  {:<name_w$}  {} msgs/s  ({width}{}; {} trials, {invalid} invalid)",
-            t.name,
+            t.info.name,
             bounds_text(t),
             t.stop_reason.describe(),
             t.trials.len()
@@ -346,7 +337,7 @@ pub fn print_bounds<W: Write>(w: &mut W, s: &SloJson) -> io::Result<()> {
         writeln!(
             w,
             "WARNING: {}: the search did not reach its precision goal ({}); bounds: {} msgs/s",
-            t.name,
+            t.info.name,
             t.stop_reason.describe(),
             bounds_text(t)
         )?;
@@ -360,12 +351,14 @@ mod tests {
 
     fn target(name: &str, lo: Option<f64>, hi: Option<f64>) -> SloTargetJson {
         SloTargetJson {
-            name: name.into(),
-            address: "127.0.0.1:1".into(),
-            spawn_command: None,
-            server_summary: None,
-            server_features: None,
-            server_pid: None,
+            info: TargetInfo {
+                name: name.into(),
+                address: "127.0.0.1:1".into(),
+                spawn_command: None,
+                server_summary: None,
+                server_features: None,
+                server_pid: None,
+            },
             saturation_probe_msgs_per_s: None,
             start_rate: 1.0,
             max_rate_lower: lo,

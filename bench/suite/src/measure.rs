@@ -300,7 +300,7 @@ pub fn parse_targets(report: &JsonReport) -> Vec<TargetResult> {
         .targets
         .iter()
         .map(|t| TargetResult {
-            name: t.name.clone(),
+            name: t.info.name.clone(),
             rounds: t
                 .rounds
                 .iter()

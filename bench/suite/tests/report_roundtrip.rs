@@ -3,7 +3,7 @@
 //! a renamed field is an error, not a silent zero.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 
 use echo_suite::measure::{parse_targets, read_report};
