@@ -14,6 +14,11 @@
 //!   client thread)` — a client that keeps up is late by its wake-up time (µs to a few hundred
 //!   µs); one that cannot keep up falls further behind with every send. `slo` lowers the limit
 //!   to a share of its latency bound ([`crate::slo::SLO_LATENESS_SHARE`]).
+//! * **Wake-up lateness** (open loop): how late each client thread's 1 ms probe tick ran
+//!   ([`crate::pacer`]), judged against the same limit. A client too slow to read its echoes
+//!   keeps every pipeline full, so its sends are all "held" and escape the send lateness, and
+//!   its threads may still sleep part of the time (waiting for echoes it has not read yet is
+//!   not CPU demand); its reaction delay is what shows it.
 //!
 //! Open loop, the per-interval rates are checked as well: every rate interval of the measured
 //! window whose completed messages differ from its intended ones by more than
@@ -99,17 +104,20 @@ pub struct ClientCheck {
     pub threads: Vec<ThreadLoad>,
     /// Open loop: send lateness of the window's sends.
     pub send_lateness: Option<LatenessSummary>,
+    /// Open loop: lateness of the client threads' probe ticks.
+    pub wake_lateness: Option<LatenessSummary>,
     /// Open loop: the p99 lateness limit, µs.
     pub lateness_limit_us: Option<f64>,
 }
 
 impl ClientCheck {
-    /// Judge a trial: `threads` from the window's edges, `lateness` and its `limit_ns` in open
-    /// loop.
+    /// Judge a trial: `threads` from the window's edges, the send and wake-up `lateness`es and
+    /// their `limit_ns` in open loop.
     pub fn judge(
         threads: Vec<ThreadLoad>,
         busy_poll: bool,
         lateness: Option<&Histogram<u64>>,
+        wake_lateness: Option<&Histogram<u64>>,
         limit_ns: Option<u64>,
     ) -> ClientCheck {
         let mut reasons = Vec::new();
@@ -141,12 +149,23 @@ impl ClientCheck {
                 ));
             }
         }
+        let wake_lateness = wake_lateness.and_then(LatenessSummary::of);
+        if let (Some(l), Some(limit)) = (&wake_lateness, limit_ns) {
+            if l.p99_us > us(limit) {
+                reasons.push(format!(
+                    "client threads reacted {:.0} µs late at p99 (limit {:.0} µs)",
+                    l.p99_us,
+                    us(limit)
+                ));
+            }
+        }
         ClientCheck {
             client_bound: !reasons.is_empty(),
             reasons,
             busy_poll,
             threads,
             send_lateness,
+            wake_lateness,
             lateness_limit_us: limit_ns.map(us),
         }
     }
@@ -220,10 +239,10 @@ mod tests {
 
     #[test]
     fn a_saturated_thread_or_late_sends_make_the_client_the_bottleneck() {
-        let idle = ClientCheck::judge(vec![thread(0.30, 0.05)], false, None, None);
+        let idle = ClientCheck::judge(vec![thread(0.30, 0.05)], false, None, None, None);
         assert!(!idle.client_bound && idle.reasons.is_empty());
 
-        let starved = ClientCheck::judge(vec![thread(0.99, 0.70)], false, None, None);
+        let starved = ClientCheck::judge(vec![thread(0.99, 0.70)], false, None, None, None);
         assert!(starved.client_bound);
         assert!(
             starved.reasons[0].contains("busy 99%") && starved.reasons[0].contains("CPU 70%"),
@@ -236,12 +255,24 @@ mod tests {
         for _ in 0..100 {
             late.record(50_000).unwrap();
         }
-        let spin = ClientCheck::judge(vec![thread(1.0, 0.0)], true, Some(&late), Some(1_000_000));
+        let spin = ClientCheck::judge(
+            vec![thread(1.0, 0.0)],
+            true,
+            Some(&late),
+            Some(&late),
+            Some(1_000_000),
+        );
         assert!(!spin.client_bound, "{:?}", spin.reasons);
         for _ in 0..10 {
             late.record(5_000_000).unwrap();
         }
-        let behind = ClientCheck::judge(vec![thread(1.0, 0.0)], true, Some(&late), Some(1_000_000));
+        let behind = ClientCheck::judge(
+            vec![thread(1.0, 0.0)],
+            true,
+            Some(&late),
+            None,
+            Some(1_000_000),
+        );
         assert!(behind.client_bound);
         assert!(
             behind.reasons[0].contains("limit 1000 µs"),
@@ -249,6 +280,18 @@ mod tests {
             behind.reasons
         );
         assert_eq!(behind.send_lateness.unwrap().count, 110);
+        // A client too slow to read its echoes: no send was free to be late, but its threads
+        // react late.
+        let slow = ClientCheck::judge(
+            vec![thread(0.6, 0.5)],
+            false,
+            Some(&new_histogram()),
+            Some(&late),
+            Some(1_000_000),
+        );
+        assert!(slow.client_bound);
+        assert!(slow.reasons[0].contains("reacted"), "{:?}", slow.reasons);
+        assert!(slow.send_lateness.is_none());
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct TrialResult {
     pub service: Option<Histogram<u64>>,
     /// Open loop: send lateness (see [`crate::record`]).
     pub lateness: Option<Histogram<u64>>,
+    /// Open loop: how late the client threads' probe ticks ran (see [`crate::pacer`]).
+    pub wake_lateness: Option<Histogram<u64>>,
     /// Open loop: intended and completed messages per rate interval.
     pub rates: Option<RateCounts>,
     /// Open loop: rate intervals whose achieved rate missed the intended one.
@@ -160,6 +162,7 @@ struct ThreadOutput {
     latency: Histogram<u64>,
     service: Option<Histogram<u64>>,
     lateness: Option<Histogram<u64>>,
+    wake_lateness: Option<Histogram<u64>>,
     rates: Option<RateCounts>,
     span_completed: u64,
     intervals: Vec<IntervalSnapshot>,
@@ -377,9 +380,10 @@ pub fn run_trial(
             latency: new_histogram(),
             service: open.then(new_histogram),
             lateness: open.then(new_histogram),
+            wake_lateness: open.then(new_histogram),
             rates: None,
             rate_intervals_off: Vec::new(),
-            client: ClientCheck::judge(Vec::new(), cfg.busy_poll, None, None),
+            client: ClientCheck::judge(Vec::new(), cfg.busy_poll, None, None, None),
             intervals: Vec::new(),
             measured: 0,
             warmup: 0,
@@ -407,6 +411,11 @@ pub fn run_trial(
                 add_into(dst, src);
             }
             if let (Some(dst), Some(src)) = (result.lateness.as_mut(), out.lateness.as_ref()) {
+                add_into(dst, src);
+            }
+            if let (Some(dst), Some(src)) =
+                (result.wake_lateness.as_mut(), out.wake_lateness.as_ref())
+            {
                 add_into(dst, src);
             }
             if let Some(src) = &out.rates {
@@ -460,6 +469,7 @@ pub fn run_trial(
             thread_loads(&threads_start, &threads_end),
             cfg.busy_poll,
             result.lateness.as_ref(),
+            result.wake_lateness.as_ref(),
             limit,
         );
         Ok(result)
@@ -588,7 +598,8 @@ fn client_thread(
             });
         }
         let pacer = if open {
-            let p = Pacer::new().context("cannot create the open-loop timer (timerfd)")?;
+            let p = Pacer::new(Some((window.measure_start_ns, window.end_ns)))
+                .context("cannot create the open-loop timer (timerfd)")?;
             tokio::task::spawn_local(p.clone().run());
             Some(p)
         } else {
@@ -649,11 +660,13 @@ fn client_thread(
         };
         let shared =
             Rc::try_unwrap(shared).map_err(|_| anyhow!("connection state still referenced"))?;
+        let wake_lateness = shared.pacer.as_ref().and_then(|p| p.probe_lateness());
         let recorded = shared.recorder.into_inner().finish();
         Ok(Some(ThreadOutput {
             latency: recorded.latency,
             service: recorded.service,
             lateness: recorded.lateness,
+            wake_lateness,
             rates: recorded.rates,
             span_completed: recorded.span_completed,
             intervals: recorded.intervals,

@@ -167,4 +167,5 @@ fn slo_trials_of_a_starved_client_are_invalid_not_failed() {
         }
     }
     assert_eq!(t["rates"][0]["decision"], "unmeasurable", "{text}");
+    assert!(text.contains("client-bound from "), "{text}");
 }

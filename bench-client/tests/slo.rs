@@ -89,10 +89,11 @@ fn slo_brackets_the_known_knee_and_tightens_with_precision() {
         assert_eq!(slo["quantile"], 99.0);
         assert_eq!(slo["max_latency_us"], SLO_MS * 1e3);
         let t = &slo["targets"][0];
-        let (lo, hi) = (
-            t["max_rate_lower"].as_f64().expect("a lower bound"),
-            t["max_rate_upper"].as_f64().expect("an upper bound"),
-        );
+        let bound = |k: &str| {
+            t[k].as_f64()
+                .unwrap_or_else(|| panic!("no {k}: the search was\n{text}"))
+        };
+        let (lo, hi) = (bound("max_rate_lower"), bound("max_rate_upper"));
         assert_eq!(t["stop_reason"], "precision_reached", "{text}");
         assert!(
             lo <= knee_hi && hi >= knee_lo,

@@ -143,6 +143,14 @@ fn print_client<W: Write>(w: &mut W, t: &TargetRun) -> io::Result<()> {
             fmt_us(super::us(h.max())),
         ));
     }
+    let wake: Vec<f64> = t
+        .rounds
+        .iter()
+        .filter_map(|r| r.client.wake_lateness.as_ref().map(|l| l.p99_us))
+        .collect();
+    if let Some(worst) = wake.iter().copied().reduce(f64::max) {
+        parts.push(format!("reaction µs p99 {}", fmt_us(worst)));
+    }
     if !parts.is_empty() {
         writeln!(w, "  client        {}", parts.join("; "))?;
     }

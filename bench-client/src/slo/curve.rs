@@ -1,7 +1,7 @@
 //! The latency–throughput curve of an `slo` search as SVG: offered rate on x, latency (log
-//! scale, µs) on y, one colour per target with p50 dotted, p99 solid and p99.9 dashed, the
-//! SLO as a horizontal line, and each target's lower bound as a vertical line. A point is the
-//! median, over the valid trials at one offered rate, of each percentile; invalid trials
+//! scale, µs) on y, one colour per target with p50 dotted, p99 solid and p99.9 dashed, the SLO
+//! as a black dashed horizontal line, and each target's lower bound as a vertical line. A point
+//! is the median, over the valid trials at one offered rate, of each percentile; invalid trials
 //! (client-bound) are left out, since they measured the client.
 
 use plotters::element::DashedPathElement;
@@ -95,17 +95,22 @@ pub fn render_svg(title: &str, slo: &SloJson) -> anyhow::Result<String> {
                     }
                 })
                 .draw()?;
-            let red = RED.to_rgba();
+            let slo_color = BLACK.to_rgba();
             chart
                 .draw_series(DashedLineSeries::new(
                     [(0.0, slo.max_latency_us), (x_max, slo.max_latency_us)],
                     8,
                     5,
-                    red.stroke_width(2),
+                    slo_color.stroke_width(2),
                 ))?
                 .label(slo_label.clone())
                 .legend(move |(x, y)| {
-                    DashedPathElement::new(vec![(x, y), (x + 24, y)], 5, 3, red.stroke_width(2))
+                    DashedPathElement::new(
+                        vec![(x, y), (x + 24, y)],
+                        5,
+                        3,
+                        slo_color.stroke_width(2),
+                    )
                 });
             for (i, (name, points, lower)) in curves.iter().enumerate() {
                 let color = Palette99::pick(i).to_rgba();

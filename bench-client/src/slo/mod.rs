@@ -23,8 +23,8 @@
 //! [`search::Search`] (the decision rule and the bracketing are documented there). Targets are
 //! searched interleaved: in each step every unfinished target runs one trial, in an order
 //! shuffled per step (`--seed`), so drifts of the machine hit all alike. `--max-time` bounds
-//! the whole search: before each trial, the search stops if that trial (estimated by the
-//! target's last one) would end past the budget.
+//! the whole search: before each trial, the search stops if that trial (its warmup and window,
+//! plus the connecting and collecting the target's last trial took) would end past the budget.
 
 pub mod curve;
 pub mod report;
@@ -271,7 +271,8 @@ fn trial_record(n: usize, offered: f64, res: &TrialResult, quantile: f64, slo_ns
 struct TargetSearch {
     json: SloTargetJson,
     search: Option<Search>,
-    last_trial: Option<Duration>,
+    /// Wall time of the last trial beyond its warmup and window (connecting, collecting).
+    last_overhead: Option<Duration>,
 }
 
 /// Run `echo-bench slo`; returns the exit code.
@@ -312,7 +313,7 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
                 trials: Vec::new(),
             },
             search: cfg.start_rate.map(|r| Search::new(r, cfg.params)),
-            last_trial: None,
+            last_overhead: None,
         })
         .collect();
 
@@ -321,8 +322,7 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
     let mut rng = StdRng::seed_from_u64(cfg.bench.seed);
     let mut errors_total = 0u64;
     let trial_estimate = |t: &TargetSearch, load: &LoadConfig| {
-        t.last_trial
-            .unwrap_or(load.warmup + load.duration + TRIAL_OVERHEAD)
+        load.warmup + load.duration + t.last_overhead.unwrap_or(TRIAL_OVERHEAD)
     };
     'steps: loop {
         let mut order: Vec<usize> = (0..targets.len())
@@ -363,7 +363,11 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
                 s.check_alive()?;
             }
             let res = res?;
-            t.last_trial = Some(trial_began.elapsed());
+            t.last_overhead = Some(
+                trial_began
+                    .elapsed()
+                    .saturating_sub(load.warmup + load.duration),
+            );
             if res.errors.total > 0 {
                 errors_total += res.errors.total;
                 eprintln!(

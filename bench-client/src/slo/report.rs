@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::search::{RateRecord, StopReason, Verdict};
+use super::search::{Decision, RateRecord, StopReason, Verdict};
 use crate::bottleneck::ClientCheck;
 use crate::report::{ReportHeader, TargetInfo};
 
@@ -321,9 +321,17 @@ pub fn print_bounds<W: Write>(w: &mut W, s: &SloJson) -> io::Result<()> {
                 )
             })
             .unwrap_or_default();
+        let unmeasurable = t
+            .rates
+            .iter()
+            .filter(|r| r.decision == Decision::Unmeasurable)
+            .map(|r| r.rate)
+            .reduce(f64::min)
+            .map(|r| format!("; client-bound from {} msgs/s", fmt_rate(r)))
+            .unwrap_or_default();
         writeln!(
             w,
-            "  {:<name_w$}  {} msgs/s  ({width}{}; {} trials, {invalid} invalid)",
+            "  {:<name_w$}  {} msgs/s  ({width}{}; {} trials, {invalid} invalid{unmeasurable})",
             t.info.name,
             bounds_text(t),
             t.stop_reason.describe(),
