@@ -139,26 +139,19 @@ impl ClientCheck {
                 ));
             }
         }
-        let send_lateness = lateness.and_then(LatenessSummary::of);
-        if let (Some(l), Some(limit)) = (&send_lateness, limit_ns) {
-            if l.p99_us > us(limit) {
+        let mut judge_lateness = |h: Option<&Histogram<u64>>, what: &str| {
+            let l = h.and_then(LatenessSummary::of)?;
+            if let Some(limit) = limit_ns.filter(|limit| l.p99_us > us(*limit)) {
                 reasons.push(format!(
-                    "sends left {:.0} µs late at p99 (limit {:.0} µs)",
+                    "{what} {:.0} µs late at p99 (limit {:.0} µs)",
                     l.p99_us,
                     us(limit)
                 ));
             }
-        }
-        let wake_lateness = wake_lateness.and_then(LatenessSummary::of);
-        if let (Some(l), Some(limit)) = (&wake_lateness, limit_ns) {
-            if l.p99_us > us(limit) {
-                reasons.push(format!(
-                    "client threads reacted {:.0} µs late at p99 (limit {:.0} µs)",
-                    l.p99_us,
-                    us(limit)
-                ));
-            }
-        }
+            Some(l)
+        };
+        let send_lateness = judge_lateness(lateness, "sends left");
+        let wake_lateness = judge_lateness(wake_lateness, "client threads reacted");
         ClientCheck {
             client_bound: !reasons.is_empty(),
             reasons,

@@ -131,6 +131,8 @@ fn compare_of_saved_slo_searches_compares_their_bounds() {
             "-q",
             "--max-latency",
             "50ms",
+            "--max-time",
+            "8s",
             "--start-rate",
             rate,
             "--trials",

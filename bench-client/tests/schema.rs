@@ -103,6 +103,8 @@ fn every_kind_of_report_matches_the_schema() {
         "-q",
         "--max-latency",
         "50ms",
+        "--max-time",
+        "8s",
         "--start-rate",
         "500",
         "--trials",
