@@ -52,7 +52,9 @@ Examples:
     echo-bench --rate 50k --arrival poisson --hlog run.hlog --plot run.svg [::1]:7000
     echo-bench --rounds 7 --spawn 'uring-echo --runtime uring --listen 127.0.0.1:0' \\
                --spawn 'uring-echo --runtime epoll --listen 127.0.0.1:0' --name uring --name epoll
-    echo-bench merge host1.hlog host2.hlog --hgrm total.hgrm";
+    echo-bench merge host1.hlog host2.hlog --hgrm total.hgrm
+    echo-bench slo --max-latency 500us --plot curve.svg --spawn 'uring-echo --listen 127.0.0.1:0'
+    echo-bench compare monday.json tuesday.json";
 
 /// echo-bench: verify and measure TCP echo servers.
 #[derive(Debug, Parser)]
@@ -84,6 +86,67 @@ pub enum Command {
     /// Values are taken to be nanoseconds, as echo-bench writes them. A corrupted or truncated
     /// file is an error (exit 1).
     Merge(MergeArgs),
+    /// Find the highest rate at which each target meets a latency SLO.
+    ///
+    /// Per target, searches the highest offered rate (open loop) at which the --quantile of
+    /// the latency, measured from each message's intended send time, stays at or below
+    /// --max-latency. Each probed rate gets repeated short trials (-d each, 1s by default,
+    /// after --warmup, 250ms by default): a rate passes when --passes of --trials valid trials
+    /// pass and fails when so many fail that it cannot; a trial in which the client was the
+    /// bottleneck is invalid and counts for neither. The result is a lower bound (highest rate
+    /// shown to pass) and an upper bound (lowest rate shown to fail). The search starts at the
+    /// rate a closed-loop probe reaches (or --start-rate), brackets, then bisects until the
+    /// bounds are within --precision, or --max-time runs out (said loudly). Several targets
+    /// are searched interleaved, one trial each in a shuffled order, and their bounds compared.
+    /// Exit status 1 when a trial had errors or a target got no bound at all.
+    Slo(Box<SloArgs>),
+    /// Compare saved JSON reports (of runs, or of slo searches).
+    ///
+    /// Runs: the targets of all files are compared against the first one with the same
+    /// per-round statistics as a live comparison (rounds paired by number). Searches: the SLO
+    /// bounds are compared. Every difference of configuration, host, kernel or server features
+    /// between the files (and of server features between targets) is a warning line.
+    Compare(CompareArgs),
+}
+
+/// Flags of `echo-bench slo`.
+#[derive(Debug, Args)]
+pub struct SloArgs {
+    /// The SLO's latency bound (e.g. 500us, 2ms): met when the --quantile of the latency from
+    /// the intended send time is at most this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub max_latency: Duration,
+    /// The SLO's percentile (e.g. 99, 99.9, 50).
+    #[arg(long, value_name = "PERCENT", default_value = "99", value_parser = parse_quantile)]
+    pub quantile: f64,
+    /// Stop when the bounds are this close: (upper - lower) / upper, as a fraction or a
+    /// percentage (0.05, 5%).
+    #[arg(long, value_name = "WIDTH", default_value = "5%", value_parser = parse_precision)]
+    pub precision: f64,
+    /// Time budget of the whole search (all targets); the search stops, and says so, when the
+    /// next trial would not fit.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_nonzero_duration)]
+    pub max_time: Duration,
+    /// First rate to probe, instead of the rate a closed-loop probe of each target reaches.
+    #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
+    pub start_rate: Option<f64>,
+    /// Valid trials that may be needed to decide a rate (n).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_positive)]
+    pub trials: usize,
+    /// Passing trials that make a rate pass (k of n); a rate fails once n - k + 1 trials failed.
+    #[arg(long, value_name = "K", default_value_t = 2, value_parser = parse_positive)]
+    pub passes: usize,
+    /// Load flags, as for a benchmark run (not --rate, --rounds, --start-at, --hgrm, --hlog).
+    #[command(flatten)]
+    pub load: BenchArgs,
+}
+
+/// Flags of `echo-bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// JSON reports written with --json; ratios are against the first target of the first.
+    #[arg(value_name = "FILE.json", required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Flags of `echo-bench merge`.
@@ -108,7 +171,7 @@ pub struct MergeArgs {
 }
 
 /// Open-loop arrival process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arrival {
     /// Evenly spaced sends (connections phase-shifted so the total is evenly spaced too).
@@ -143,12 +206,12 @@ pub struct BenchArgs {
     pub connections: Option<usize>,
 
     /// Measured duration of each run, e.g. 500ms, 10s, 1m; a bare number is seconds [default:
-    /// 10s; 2s in the default comparison].
+    /// 10s; 2s in the default comparison; 1s per slo trial].
     #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub duration: Option<Duration>,
 
     /// Warmup before each measured run; messages completing during it are not recorded
-    /// [default: 1s; 500ms in the default comparison].
+    /// [default: 1s; 500ms in the default comparison; 250ms per slo trial].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
 
@@ -200,7 +263,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
 
-    /// Interval of the --hlog histograms (at least 1ms).
+    /// Interval of the --hlog histograms and of the open-loop check of intended vs achieved
+    /// rate per interval (at least 1ms; the rate check widens it so that a run has at most
+    /// 10,000 intervals).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
@@ -371,6 +436,37 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Parse a percentile in (0, 100): `99`, `99.9`, `p99.9`.
+pub fn parse_quantile(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v: f64 = t
+        .strip_prefix(['p', 'P'])
+        .unwrap_or(t)
+        .parse()
+        .map_err(|_| format!("expected a percentile like 99 or 99.9, got '{s}'"))?;
+    if !(v > 0.0 && v < 100.0) {
+        return Err("must be between 0 and 100 (exclusive)".into());
+    }
+    Ok(v)
+}
+
+/// Parse a relative width: a fraction in (0, 1) or a percentage (`0.05`, `5%`).
+pub fn parse_precision(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (t, 1.0),
+    };
+    let v =
+        num.trim().parse::<f64>().map_err(|_| {
+            format!("expected a fraction like 0.05 or a percentage like 5%, got '{s}'")
+        })? * scale;
+    if !(v > 0.0 && v < 1.0) {
+        return Err("must be between 0 and 1 (0% and 100%), exclusive".into());
+    }
+    Ok(v)
+}
+
 /// Parse a `host:port` target (IPv6 in brackets).
 pub fn parse_target(s: &str) -> Result<TargetSpec, String> {
     let t = s.trim();
@@ -499,6 +595,49 @@ mod tests {
     }
 
     #[test]
+    fn quantiles_and_precisions() {
+        assert_eq!(parse_quantile("99"), Ok(99.0));
+        assert_eq!(parse_quantile("p99.9"), Ok(99.9));
+        assert!(parse_quantile("100").is_err());
+        assert!(parse_quantile("0").is_err());
+        assert!(parse_quantile("high").is_err());
+        assert_eq!(parse_precision("5%"), Ok(0.05));
+        assert_eq!(parse_precision("0.1"), Ok(0.1));
+        assert!(parse_precision("5").is_err());
+        assert!(parse_precision("0").is_err());
+        assert!(parse_precision("100%").is_err());
+    }
+
+    #[test]
+    fn slo_and_compare_subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "echo-bench",
+            "slo",
+            "--max-latency",
+            "500us",
+            "--quantile",
+            "99.9",
+            "-c",
+            "4",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Slo(a)) => {
+                assert_eq!(a.max_latency, Duration::from_micros(500));
+                assert_eq!(a.quantile, 99.9);
+                assert_eq!((a.trials, a.passes, a.precision), (3, 2, 0.05));
+                assert_eq!(a.load.connections, Some(4));
+                assert_eq!(a.load.targets.len(), 1);
+            }
+            _ => panic!("slo not parsed"),
+        }
+        assert!(Cli::try_parse_from(["echo-bench", "slo", "127.0.0.1:1"]).is_err());
+        let cli = Cli::try_parse_from(["echo-bench", "compare", "a.json", "b.json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Compare(c)) if c.files.len() == 2));
+    }
+
+    #[test]
     fn targets() {
         let t = parse_target("127.0.0.1:7000").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 7000));
@@ -560,7 +699,7 @@ mod tests {
                 assert_eq!(m.files.len(), 2);
                 assert_eq!(m.hgrm, Some(PathBuf::from("x")));
             }
-            None => panic!("merge not parsed"),
+            _ => panic!("merge not parsed"),
         }
         let cli = Cli::try_parse_from(["echo-bench", "-c", "3", "127.0.0.1:1", "[::1]:2"]).unwrap();
         assert!(cli.command.is_none());
