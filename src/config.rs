@@ -172,13 +172,15 @@ pub struct Cli {
     #[arg(long)]
     pub fixed_buffers: bool,
 
-    /// (uring-multishot) Per loop, wait for N completions or DUR, e.g. 8,100us [default: off]
+    /// (uring-multishot) How each loop waits for completions: adaptive, off, or N,DUR [default: adaptive]
     ///
-    /// Fewer wake-ups and io_uring_enter calls per message under load, at the price of up to DUR
-    /// of extra latency whenever fewer than N completions are pending: a single ping-pong
-    /// connection waits DUR for every message. Off by default for that reason.
-    #[arg(long, value_name = "N,DUR", value_parser = parse_batch_wait)]
-    pub batch_wait: Option<BatchWait>,
+    /// adaptive: never sleeps past work it knows of, and waits for more than one completion only
+    /// while completions keep arriving in bulk (then for at most a few tens of µs), so a lone
+    /// connection pays no latency for it. off: wait for one completion per loop (no batching).
+    /// N,DUR (e.g. 32,200us): always wait for N completions or DUR — fewer wake-ups under load,
+    /// at the price of up to DUR of extra latency whenever fewer than N are pending.
+    #[arg(long, value_name = "POLICY", value_parser = parse_batch_policy)]
+    pub batch_wait: Option<BatchPolicy>,
 
     /// (uring-multishot) Switch an optional io_uring feature on or off: NAME=on|off, repeatable
     ///
@@ -226,8 +228,30 @@ pub fn parse_feature_switch(s: &str) -> Result<FeatureSwitch, String> {
     Ok(FeatureSwitch { feature, on })
 }
 
-/// `--batch-wait N,DUR`: completion batching for the uring-multishot engine (its one definition:
-/// the engine reads this type).
+/// `--batch-wait`: how the uring-multishot engine waits for completions (its one definition: the
+/// engine reads this type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BatchPolicy {
+    /// One completion per wait: no batching at all.
+    Off,
+    /// Batching that adapts to what the engine observes (the default).
+    #[default]
+    Adaptive,
+    /// A fixed batch: always wait for N completions or DUR.
+    Fixed(BatchWait),
+}
+
+impl fmt::Display for BatchPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchPolicy::Off => f.write_str("off"),
+            BatchPolicy::Adaptive => f.write_str("adaptive"),
+            BatchPolicy::Fixed(bw) => write!(f, "{},{:?}", bw.min_completions, bw.timeout),
+        }
+    }
+}
+
+/// `--batch-wait N,DUR`: a fixed completion batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchWait {
     /// Completions to wait for per loop iteration (>= 1).
@@ -249,8 +273,8 @@ pub struct UringOpts {
     pub coop_taskrun: bool,
     /// Use registered buffers (`read_fixed`/`write_fixed`).
     pub fixed_buffers: bool,
-    /// Completion batching (uring-multishot only).
-    pub batch_wait: Option<BatchWait>,
+    /// Completion batching (uring-multishot only; the default elsewhere, where it is unused).
+    pub batch_wait: BatchPolicy,
     /// `--feature` switches (uring-multishot only), at most one per feature.
     pub features: Vec<FeatureSwitch>,
 }
@@ -443,7 +467,7 @@ impl TryFrom<Cli> for Config {
                 sqpoll_idle_ms: cli.sqpoll,
                 coop_taskrun: cli.coop_taskrun,
                 fixed_buffers: cli.fixed_buffers,
-                batch_wait: cli.batch_wait,
+                batch_wait: cli.batch_wait.unwrap_or_default(),
                 features: cli.features,
             },
         })
@@ -466,10 +490,19 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Parses `--batch-wait N,DUR`: at least one completion, and a duration of 1us..=1s (a bare
-/// number is seconds, as for every duration).
+/// Parses `--batch-wait`: `adaptive`, `off`, or `N,DUR` ([`parse_batch_wait`]).
+pub fn parse_batch_policy(s: &str) -> Result<BatchPolicy, String> {
+    match s.trim() {
+        "adaptive" => Ok(BatchPolicy::Adaptive),
+        "off" => Ok(BatchPolicy::Off),
+        _ => parse_batch_wait(s).map(BatchPolicy::Fixed),
+    }
+}
+
+/// Parses `N,DUR`: at least one completion, and a duration of 1us..=1s (a bare number is
+/// seconds, as for every duration).
 pub fn parse_batch_wait(s: &str) -> Result<BatchWait, String> {
-    let usage = || format!("{s:?} is not N,DURATION (example: 8,100us)");
+    let usage = || format!("{s:?} is not adaptive, off or N,DURATION (example: 8,100us)");
     let (n, dur) = s.split_once(',').ok_or_else(usage)?;
     let min_completions: u32 = n.trim().parse().map_err(|_| usage())?;
     let timeout = parse_duration(dur).map_err(|e| format!("{s:?}: {e}"))?;
@@ -518,9 +551,27 @@ mod tests {
             assert!(parse_batch_wait(bad).is_err(), "{bad}");
         }
         let c = config(&["--runtime", "uring-multishot", "--batch-wait", "4,50us"]).unwrap();
-        assert_eq!(c.uring.batch_wait.map(|b| b.min_completions), Some(4));
-        let err = config(&["--runtime", "uring", "--batch-wait", "4,50us"]).unwrap_err();
-        assert!(err.to_string().contains("uring-multishot only"), "{err}");
+        assert!(matches!(c.uring.batch_wait, BatchPolicy::Fixed(b) if b.min_completions == 4));
+        let multishot = |v: &str| {
+            config(&["--runtime", "uring-multishot", "--batch-wait", v])
+                .map(|c| c.uring.batch_wait)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(multishot("off"), Ok(BatchPolicy::Off));
+        assert_eq!(multishot("adaptive"), Ok(BatchPolicy::Adaptive));
+        assert_eq!(
+            config(&["--runtime", "uring-multishot"])
+                .unwrap()
+                .uring
+                .batch_wait,
+            BatchPolicy::Adaptive,
+            "adaptive by default"
+        );
+        assert!(parse_batch_policy("sometimes").is_err());
+        for value in ["4,50us", "off", "adaptive"] {
+            let err = config(&["--runtime", "uring", "--batch-wait", value]).unwrap_err();
+            assert!(err.to_string().contains("uring-multishot only"), "{err}");
+        }
     }
 
     #[test]

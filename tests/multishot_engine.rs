@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use uring_echo::backend::uring_multishot::{Engine, Params, RecvBudget, Report};
-use uring_echo::config::BatchWait;
+use uring_echo::config::{BatchPolicy, BatchWait};
 use uring_echo::policy::{Admission, IdleSweep};
 use uring_echo::probe::{self, Feature};
 use uring_echo::stats::{Counts, Stats};
@@ -821,42 +821,132 @@ fn rst_storm_in_every_state_releases_connections_promptly() {
     assert!(counts.errors_reset + counts.errors_pipe > 0, "{counts:?}");
 }
 
+/// Every `--batch-wait` policy echoes a lock-step ping-pong and concurrent streams correctly.
 #[test]
-fn batch_wait_keeps_echo_correct_for_ping_pong_and_streams() {
+fn every_batch_policy_keeps_echo_correct_for_ping_pong_and_streams() {
     let _g = FD_LOCK.read().unwrap();
-    let mut p = params();
-    p.batch_wait = Some(BatchWait {
+    let fixed = BatchPolicy::Fixed(BatchWait {
         min_completions: 8,
         timeout: Duration::from_micros(200),
     });
-    // The wait's minimum (Linux 6.12) where the kernel has it, else a plain timeout: both must
-    // echo correctly.
-    let min_wait = p.usage(&probe::features()).uses(Feature::MinWait);
-    eprintln!(
-        "--batch-wait waits with {}",
-        if min_wait {
-            "min_wait"
-        } else {
-            "a plain timeout (this kernel has no min_wait)"
+    for policy in [BatchPolicy::Off, BatchPolicy::Adaptive, fixed] {
+        let mut p = params();
+        p.batch_wait = policy;
+        // The wait's minimum (Linux 6.12) where the kernel has it, else a plain timeout (fixed)
+        // or no batch at all (adaptive): all must echo correctly.
+        let min_wait = p.usage(&probe::features()).uses(Feature::MinWait);
+        eprintln!(
+            "--batch-wait {policy}: {}",
+            if min_wait {
+                "min_wait"
+            } else {
+                "no min_wait on this kernel"
+            }
+        );
+        let server = Server::start(p);
+        // One connection in lock step: never 8 completions pending, so every fixed-batch wait
+        // ends by its timeout.
+        let mut s = server.connect();
+        for i in 0..200u64 {
+            let msg = pattern(i, 100);
+            s.write_all(&msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg);
         }
+        drop(s);
+        let streams: Vec<_> = (0..8u64)
+            .map(|i| {
+                let stream = server.connect();
+                thread::spawn(move || {
+                    let data = Arc::new(pattern(500 + i, 512 * 1024));
+                    assert!(echo_concurrently(stream, Arc::clone(&data), 20_000, i) == *data);
+                })
+            })
+            .collect();
+        for t in streams {
+            t.join().unwrap();
+        }
+        let (report, counts) = server.stop();
+        assert_no_leaks(&report);
+        assert_eq!(counts.bytes_echoed, 200 * 100 + 8 * 512 * 1024);
+    }
+}
+
+/// A lone ping-pong connection: the adaptive wait counts the inline send completion in, so each
+/// message costs one wait (`io_uring_enter`) instead of two, and it never batches (no timer, no
+/// added latency). Counted, not timed.
+#[test]
+fn adaptive_wait_makes_one_enter_per_ping_pong_message() {
+    let _g = FD_LOCK.read().unwrap();
+    let mut per_message = Vec::new();
+    for policy in [BatchPolicy::Off, BatchPolicy::Adaptive] {
+        let mut p = params();
+        p.batch_wait = policy;
+        p.tick = Duration::from_secs(3); // no tick wake-ups among the counted waits
+        let server = Server::start(p);
+        let mut s = server.connect();
+        let messages = 2000u64;
+        for i in 0..messages {
+            let msg = pattern(i, 64);
+            s.write_all(&msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg);
+        }
+        drop(s);
+        let (report, _) = server.stop();
+        assert_no_leaks(&report);
+        assert_eq!(
+            report.batched_waits, 0,
+            "{policy}: a lone connection never batches"
+        );
+        let waits = report.waits as f64 / messages as f64;
+        eprintln!("--batch-wait {policy}: {waits:.3} waits per message ({report:?})");
+        per_message.push(waits);
+    }
+    assert!(
+        per_message[0] > 1.7,
+        "off: a wait for the send, one for the data: {per_message:?}"
     );
+    assert!(
+        per_message[1] < 1.2,
+        "adaptive: one wait per message: {per_message:?}"
+    );
+}
+
+/// The adaptive wait must never sleep past work whose only trigger is a completion it counted
+/// in: with a 3 s tick, such a sleep would outlast the client's 2 s read timeout. Covers a
+/// close after the last send (half-close), data queued behind a send (streams larger than the
+/// socket buffers), a pool too small for the load (parked connections), and many connections.
+#[test]
+fn adaptive_wait_never_sleeps_past_known_work() {
+    let _g = FD_LOCK.read().unwrap();
+    let mut p = params();
+    p.batch_wait = BatchPolicy::Adaptive;
+    p.tick = Duration::from_secs(3);
+    p.buffer_size = 4096;
+    p.buffers = 16;
     let server = Server::start(p);
-    // One connection in lock step: never 8 completions pending, so every wait ends by timeout.
-    let mut s = server.connect();
-    for i in 0..200u64 {
-        let msg = pattern(i, 100);
+    let short = Duration::from_secs(2);
+    for i in 0..20u64 {
+        let mut s = server.connect();
+        s.set_read_timeout(Some(short)).unwrap();
+        let msg = pattern(i, 300);
         s.write_all(&msg).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back)
+            .expect("EOF after the echo, without waiting for a tick");
         assert_eq!(back, msg);
     }
-    drop(s);
-    let streams: Vec<_> = (0..8u64)
+    let streams: Vec<_> = (0..6u64)
         .map(|i| {
             let stream = server.connect();
+            stream.set_read_timeout(Some(short)).unwrap();
             thread::spawn(move || {
-                let data = Arc::new(pattern(500 + i, 512 * 1024));
-                assert!(echo_concurrently(stream, Arc::clone(&data), 20_000, i) == *data);
+                let data = Arc::new(pattern(900 + i, 2 << 20));
+                assert!(echo_concurrently(stream, Arc::clone(&data), 64 * 1024, i) == *data);
             })
         })
         .collect();
@@ -865,7 +955,8 @@ fn batch_wait_keeps_echo_correct_for_ping_pong_and_streams() {
     }
     let (report, counts) = server.stop();
     assert_no_leaks(&report);
-    assert_eq!(counts.bytes_echoed, 200 * 100 + 8 * 512 * 1024);
+    assert_eq!(counts.bytes_echoed, 20 * 300 + 6 * (2 << 20));
+    eprintln!("{report:?}");
 }
 
 #[test]

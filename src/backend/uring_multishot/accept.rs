@@ -130,6 +130,7 @@ impl Loop<'_, '_> {
     pub(super) fn on_accept(&mut self, res: i32) {
         self.accept.in_flight = self.accept.in_flight.saturating_sub(1);
         if res >= 0 {
+            self.batch.arrival();
             self.accept.backoff.succeeded();
             self.admit(res);
             return;

@@ -22,6 +22,7 @@ use super::buf_ring::BufRing;
 use super::event_loop::{Loop, Modes};
 use super::params::{Params, RecvBudget, REQUIRED};
 use super::sq::Sq;
+use crate::config::BatchPolicy;
 use crate::policy::Admission;
 use crate::probe::{self, Feature, Features, Usage};
 use crate::shutdown::Shutdown;
@@ -66,6 +67,9 @@ pub struct Report {
     pub peak_conn_buffers: usize,
     /// `io_uring_enter` calls that waited for completions (one per loop iteration).
     pub waits: u64,
+    /// Of those, waits for a batch: more completions than the sends just submitted plus one,
+    /// bounded by `min_wait` or a timeout (`--batch-wait`; the adaptive policy under load).
+    pub batched_waits: u64,
     /// Completions handled.
     pub completions: u64,
     /// Sends submitted.
@@ -239,6 +243,7 @@ impl Engine {
             recvs: tally.recvs,
             peak_conn_buffers: tally.peak_conn_buffers,
             waits: tally.waits,
+            batched_waits: tally.batched_waits,
             completions: tally.completions,
             sends: tally.sends,
             parks: tally.parks,
@@ -272,7 +277,7 @@ impl Engine {
 fn check_required(params: &Params, features: &Features) -> io::Result<()> {
     let mut lacking: Vec<String> = REQUIRED
         .iter()
-        .chain(params.batch_wait.is_some().then_some(&Feature::ExtArg))
+        .chain(matches!(params.batch_wait, BatchPolicy::Fixed(_)).then_some(&Feature::ExtArg))
         .filter(|f| !features.has(**f))
         .map(|f| format!("{} (Linux {})", f.name(), f.since()))
         .collect();

@@ -61,6 +61,8 @@ pub(super) struct Tally {
     /// Most buffers one connection held at once.
     pub(super) peak_conn_buffers: usize,
     pub(super) waits: u64,
+    /// Waits for more than the inline sends plus one (a batch; see `batch`).
+    pub(super) batched_waits: u64,
     pub(super) completions: u64,
     pub(super) sends: u64,
     pub(super) parks: u64,
@@ -217,18 +219,20 @@ impl<'r, 'p> Loop<'r, 'p> {
             .batch
             .plan(early || !self.parked.is_empty(), self.params.tick);
         let res = match plan {
-            Wait::One => self.sq.submitter.submit_and_wait(1),
+            Wait::Count(n) => self.sq.submitter.submit_and_wait(n),
             Wait::Batch {
                 want,
                 min_wait,
                 timeout,
             } => {
+                self.tally.batched_waits += 1;
                 let ts = Timespec::from(timeout);
                 let min_wait_us = min_wait.as_micros().clamp(1, u32::MAX as u128) as u32;
                 let args = SubmitArgs::new().min_wait_usec(min_wait_us).timespec(&ts);
                 self.sq.submitter.submit_with_args(want, &args)
             }
             Wait::BatchPre612 { want, timeout } => {
+                self.tally.batched_waits += 1;
                 let ts = Timespec::from(timeout);
                 let args = SubmitArgs::new().timespec(&ts);
                 self.sq.submitter.submit_with_args(want, &args)

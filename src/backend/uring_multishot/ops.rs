@@ -97,8 +97,9 @@ impl Loop<'_, '_> {
             .user_data(user_data(Op::Send, slot));
         conn.send_in_flight = true;
         self.tally.sends += 1;
-        // More data waiting for this send's completion: the wait must not sleep past it.
-        self.batch.send_pushed(conn.queue.len() > 1);
+        // More data waiting for this send's completion, or a close after it (EOF): the wait
+        // must not sleep past it.
+        self.batch.send_pushed(conn.queue.len() > 1 || conn.eof);
         // SAFETY: the buffer stays out of the ring until this send's CQE (the front chunk of a
         // connection with a send in flight is never recycled), and the pool is never unmapped
         // while a send may read it (buf_ring).
@@ -124,6 +125,7 @@ impl Loop<'_, '_> {
             conn.recv_armed = false;
         }
         if res > 0 {
+            self.batch.arrival();
             let taken = match cqueue::buffer_select(flags) {
                 Some(bid) => self.bufs.take(bid).map(|()| bid).map_err(Some),
                 None => Err(None),
@@ -144,6 +146,10 @@ impl Loop<'_, '_> {
                     len: res as u32,
                 });
                 conn.idle.progress();
+                if conn.send_in_flight {
+                    // This chunk waits for that send's completion (see `batch`).
+                    self.batch.follow_up();
+                }
                 self.tally.peak_conn_buffers = self.tally.peak_conn_buffers.max(conn.queue.len());
                 if conn.recv_armed && !conn.cancel_pending && conn.queue.len() >= cap {
                     // Only a multishot receive is still armed after a CQE.
@@ -157,6 +163,10 @@ impl Loop<'_, '_> {
             }
         } else if res == 0 {
             conn.eof = true;
+            if conn.send_in_flight {
+                // The close waits for that send's completion (see `batch`).
+                self.batch.follow_up();
+            }
         } else {
             match -res {
                 libc::ENOBUFS => {
@@ -272,6 +282,11 @@ impl Loop<'_, '_> {
                 libc::shutdown(conn.fd, libc::SHUT_RDWR);
             }
             conn.shut = true;
+        }
+        if conn.ops_in_flight() {
+            // Shut down, they complete soon, and the close must follow without waiting for
+            // anything else.
+            self.batch.follow_up();
         }
         let keep = usize::from(conn.send_in_flight);
         while conn.queue.len() > keep {

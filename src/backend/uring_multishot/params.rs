@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use super::buf_ring;
-use crate::config::{BatchWait, Config};
+use crate::config::{BatchPolicy, Config};
 use crate::policy::DRAIN_GRACE;
 use crate::probe::{Feature, Features, Usage};
 
@@ -51,8 +51,8 @@ pub struct Params {
     pub max_queued_buffers: usize,
     /// Tick period: how often stop requests are read and counters flushed.
     pub tick: Duration,
-    /// Optional completion batching (default off: it trades latency for fewer wake-ups).
-    pub batch_wait: Option<BatchWait>,
+    /// How each loop waits for completions (`--batch-wait`; adaptive by default).
+    pub batch_wait: BatchPolicy,
     /// Test knob: after the forced shutdown, how long to wait for in-flight ops before
     /// abandoning their connections (the server always uses [`DRAIN_GRACE`]).
     #[doc(hidden)]
@@ -107,7 +107,7 @@ impl Params {
             nodelay: true,
             max_queued_buffers: DEFAULT_MAX_QUEUED_BUFFERS,
             tick: DEFAULT_TICK,
-            batch_wait: None,
+            batch_wait: BatchPolicy::Adaptive,
             drain_grace: DRAIN_GRACE,
             recv_budget: RecvBudget::Probe,
         }
@@ -139,7 +139,9 @@ impl Params {
             u.decide(feature, true, features);
         }
         u.decide(Feature::FastPoll, true, features);
-        let batch = self.batch_wait.is_some();
+        // The adaptive policy and a fixed batch bound their longer waits with a timeout (ext_arg)
+        // and `min_wait`; `off` waits without either.
+        let batch = self.batch_wait != BatchPolicy::Off;
         u.decide(Feature::ExtArg, batch, features);
         u.decide(Feature::MinWait, batch, features);
         let budget = u.decide(
@@ -241,15 +243,29 @@ mod tests {
         let old = kernel(&base);
         let u = Params::new(4096).usage(&old);
         assert!(!u.uses(Feature::RecvBudget));
+        // The adaptive wait would bound its batches with min_wait (6.12); without it, it only
+        // counts the inline sends in.
         assert_eq!(
             u.missing(),
-            [Feature::RecvBudget, Feature::MultishotTimeout]
+            [
+                Feature::MinWait,
+                Feature::RecvBudget,
+                Feature::MultishotTimeout
+            ]
         );
+        assert_eq!(u.off(), [Feature::RecvMultishot, Feature::SendZc]);
+        assert!(u.in_use().contains(&Feature::ExtArg));
+        let mut off = Params::new(4096);
+        off.batch_wait = BatchPolicy::Off;
+        let u = off.usage(&old);
         assert_eq!(
             u.off(),
             [Feature::ExtArg, Feature::RecvMultishot, Feature::SendZc]
         );
-        assert!(!u.in_use().contains(&Feature::ExtArg), "no --batch-wait");
+        assert_eq!(
+            u.missing(),
+            [Feature::RecvBudget, Feature::MultishotTimeout]
+        );
 
         let mut new = kernel(&base);
         for f in [
@@ -264,17 +280,10 @@ mod tests {
         let u = p.usage(&new);
         assert!(u.uses(Feature::RecvBudget) && u.uses(Feature::RecvMultishot));
         assert!(u.missing().is_empty());
-        assert_eq!(
-            u.off(),
-            [
-                Feature::ExtArg,
-                Feature::MinWait,
-                Feature::Bundle,
-                Feature::SendZc
-            ]
-        );
+        assert_eq!(u.off(), [Feature::Bundle, Feature::SendZc]);
+        assert!(u.uses(Feature::MinWait) && u.uses(Feature::ExtArg));
         p.recv_budget = RecvBudget::Off;
-        p.batch_wait = Some(BatchWait {
+        p.batch_wait = BatchPolicy::Fixed(crate::config::BatchWait {
             min_completions: 8,
             timeout: Duration::from_micros(100),
         });
