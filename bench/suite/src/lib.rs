@@ -1,25 +1,27 @@
-//! `echo-suite`: the benchmark matrix that answers "what does io_uring buy over epoll here?".
+//! `echo-suite`: the benchmark matrix that answers "what does io_uring buy over epoll here, and
+//! where do we stand against the runtimes people would pick instead?".
 //!
-//! It drives the real binaries of the workspace and nothing else: `echo-bench` spawns each
-//! server, pins it and the client to different CPUs, runs interleaved rounds in shuffled order
-//! and writes a JSON report; this program only chooses the matrix, adds the measurements
-//! echo-bench cannot make from inside a run (syscalls per message with `perf stat`, idle RSS per
-//! connection, the client's own cost against a reference client) and turns the JSON into a
-//! markdown table (`results.md`), the exact commands (`README.md`) and SVG plots under
-//! `bench/results/<date>-<host>-<mode>/`, beside the raw JSON report of every run (`raw/`).
+//! It drives the real binaries and nothing else: `echo-bench` spawns each server, pins it and the
+//! client to different CPUs, runs interleaved rounds in shuffled order and writes a JSON report;
+//! this program only chooses the matrix ([`plan`]) and the servers ([`servers`]: our engines,
+//! the floor, the peers of `bench/peers/`), adds the measurements echo-bench cannot make from
+//! inside a run ([`measure`]: syscalls per message with `perf stat`, idle RSS per connection, the
+//! client's own cost against a reference client), runs the uring-multishot feature ablation
+//! ([`ablation`]) and turns the JSON into markdown (`results.md`, `ablation.md`), the exact
+//! commands (`README.md`) and SVG plots under `bench/results/<date>-<host>-<mode>/`, beside the
+//! raw JSON report of every run (`raw/`) ([`report`]).
 //!
 //! Why ratios are per round: on a shared 2-vCPU machine messages/s swings ±20% between runs, so
 //! every comparison is `target / baseline` within one round (both ran back to back), summarised
 //! as the median and spread over rounds (echo-bench's `compare` rules: order-statistic interval
 //! from 5 rounds on, "not significant" when the interval contains 1.0).
-//!
-//! Servers: `uring` (tokio-uring, the default runtime), `uring-multishot` (raw io_uring engine),
-//! `epoll` (tokio), and `floor` (bench/epoll-floor, a runtime-free epoll server, single thread).
 #![warn(missing_docs)]
 
+pub mod ablation;
 pub mod measure;
 pub mod plan;
 pub mod report;
+pub mod servers;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,6 +29,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use plan::{Cli, Plan};
+use servers::Peers;
 
 /// The workspace binaries the suite drives, all from one target directory.
 pub struct Bins {
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .context("executable has no directory")?
             .to_path_buf(),
     };
+    let started = std::time::Instant::now();
     let bins = Bins::find(&bin_dir)?;
     let plan = Plan::new(&cli)?;
     let out = match &cli.out {
@@ -86,17 +90,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(out.join("raw"))
         .with_context(|| format!("creating {}", out.display()))?;
 
+    let peers = Peers::find(&plan.peer_dir);
+    for (name, why) in &peers.skipped {
+        eprintln!("echo-suite: skipping {name}: {why}");
+    }
+    // Our 5 servers and the peers; the ablation's default, 2 batching policies and one variant
+    // per switchable feature (an upper bound: some may be unavailable on this kernel).
+    let servers = 5 + peers.found.len();
+    let variants = 3 + uring_echo::config::SWITCHABLE_FEATURES.len();
+    let estimate = plan.estimate(servers, 4, variants);
     eprintln!(
-        "echo-suite: {} mode, {} closed-loop cells, {} rounds of {} ms; results in {}",
+        "echo-suite: {} mode, {} closed-loop cells, {} open-loop runs, {} ablation cells, {} \
+         rounds of {} ms; about {} min; results in {}",
         plan.mode_name,
         plan.cells.len(),
+        plan.open_loop_cells.len() * plan.open_loop_fractions.len(),
+        plan.ablation_cells.len(),
         plan.rounds,
         plan.duration_ms,
+        estimate.as_secs().div_ceil(60),
         out.display()
     );
-    let results = measure::run_all(&bins, &plan, &out)?;
+    let ctx = measure::Ctx {
+        bins: &bins,
+        plan: &plan,
+        out: &out,
+    };
+    let results = measure::run_all(ctx, peers)?;
     report::write(&plan, &results, &out)?;
-    eprintln!("echo-suite: wrote {}", out.join("results.md").display());
+    eprintln!(
+        "echo-suite: wrote {} in {} s",
+        out.join("results.md").display(),
+        started.elapsed().as_secs()
+    );
     print!("{}", std::fs::read_to_string(out.join("results.md"))?);
     Ok(if results.failures.is_empty() {
         ExitCode::SUCCESS
