@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One command for the benchmark suite on a fresh checkout:
-#   bash bench/run-suite.sh                 # targets mode (~25 min): the figures the README quotes
-#   bash bench/run-suite.sh --mode quick    # a few minutes, indicative only
-#   bash bench/run-suite.sh --mode full     # the whole matrix (hours)
+#   bash bench/run-suite.sh                    # targets mode (~45 min): the figures the README quotes, ablation included
+#   bash bench/run-suite.sh --mode quick       # ~4 min, every server and ablation variant once, indicative only
+#   bash bench/run-suite.sh --mode ablation    # ~15 min: the uring-multishot feature ablation alone
+#   bash bench/run-suite.sh --mode full        # the whole matrix (hours)
 # Installs perf (syscall counts) if it is missing and we are root, builds the workspace in
-# release mode, then runs echo-suite, which writes bench/results/<date>-<host>-<mode>/.
+# release mode and the peer servers (bench/peers/build.sh: a peer that does not build is
+# reported and skipped, never fatal), then runs echo-suite, which writes
+# bench/results/<date>-<host>-<mode>/. Other flags go to echo-suite (target/release/echo-suite --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +24,12 @@ for tool in taskset prlimit; do
 done
 
 cargo build --release --workspace
+# The ablation-only mode runs no peer; every other mode compares them.
+case " $* " in
+  *" --mode ablation "* | *" --mode=ablation "*) ;;
+  *)
+    bash bench/peers/build.sh ||
+      echo "run-suite: no peer server built; the suite runs without peers (see above)" >&2
+    ;;
+esac
 exec target/release/echo-suite "$@"

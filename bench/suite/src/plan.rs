@@ -329,9 +329,9 @@ mod tests {
     }
 
     /// Servers in a 1-thread cell with every peer built: 5 of ours (uring, uring-multishot,
-    /// multishot-off, epoll, floor) and 5 peers; 3 in multi-thread cells.
+    /// multishot-off, epoll, floor) and 5 peers; 4 in multi-thread cells (no floor, no peers).
     const SERVERS: usize = 10;
-    const MULTI: usize = 3;
+    const MULTI: usize = 4;
     /// Ablation targets once the other switchable features land: the default, 2 batching
     /// policies and 6 flipped features.
     const VARIANTS: usize = 9;
