@@ -182,7 +182,18 @@ pub fn read_report(path: &Path) -> anyhow::Result<JsonReport> {
         .with_context(|| format!("{} is not an echo-bench report", path.display()))
 }
 
-/// Runs echo-bench with `args` (plus `--json path --force --quiet`) and returns the report.
+/// The echo-bench flags of every run the suite makes: its JSON report to `json`, overwriting,
+/// no progress output.
+fn report_flags(json: &Path) -> [String; 4] {
+    [
+        "--json".into(),
+        json.display().to_string(),
+        "--force".into(),
+        "--quiet".into(),
+    ]
+}
+
+/// Runs echo-bench with `args` (plus [`report_flags`]) and returns the report.
 /// A non-zero exit is recorded as a failure; the report is still read when it was written.
 fn echo_bench(
     bins: &Bins,
@@ -193,12 +204,7 @@ fn echo_bench(
 ) -> anyhow::Result<JsonReport> {
     let mut argv = vec![bins.echo_bench.display().to_string()];
     argv.extend(args.iter().cloned());
-    argv.extend([
-        "--json".into(),
-        json.display().to_string(),
-        "--force".into(),
-        "--quiet".into(),
-    ]);
+    argv.extend(report_flags(json));
     results.commands.push(shell_quote(&argv));
     let status = Command::new(&argv[0])
         .args(&argv[1..])

@@ -16,7 +16,7 @@ use echo_bench::report::{JsonReport, TargetJson};
 use echo_bench::spawn::Spawned;
 use serde::Deserialize;
 
-use super::{echo_bench, read_report, shell_quote, Ctx, Results};
+use super::{echo_bench, read_report, report_flags, shell_quote, Ctx, Results};
 use crate::plan::{Cell, Plan, SIDE_CELL};
 use crate::servers::{self, Peers, ServerSpec, FLOOR, SPAWN_TIMEOUT};
 
@@ -222,12 +222,7 @@ fn count_syscalls(
         plan.side_warmup_ms,
         plan,
     ));
-    argv.extend([
-        "--json".into(),
-        json.display().to_string(),
-        "--force".into(),
-        "--quiet".into(),
-    ]);
+    argv.extend(report_flags(&json));
     results.commands.push(shell_quote(&argv));
     let status = Command::new(&argv[0])
         .args(&argv[1..])

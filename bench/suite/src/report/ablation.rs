@@ -222,19 +222,7 @@ mod tests {
     use super::*;
     use crate::ablation::{parse_features_line, variants, Word};
     use crate::plan::Cell;
-    use crate::report::testdata::{same, target};
-    use std::path::PathBuf;
-
-    fn cell(c: Cell, targets: Vec<TargetResult>) -> CellResult {
-        CellResult {
-            cell: c,
-            rate: None,
-            rate_fraction: None,
-            json: PathBuf::from("raw/ablation.json"),
-            plot: PathBuf::from("raw/ablation.svg"),
-            targets,
-        }
-    }
+    use crate::report::testdata::{cell, same, target};
 
     #[test]
     fn effects_point_from_without_to_with_the_subject() {

@@ -13,8 +13,10 @@ use std::fmt::Write as _;
 use echo_bench::compare::{summarize, Summary, MIN_ROUNDS_FOR_SIGNIFICANCE};
 use echo_bench::report::rate_reached;
 
-use super::{cpu, fmt_ratio, fmt_sum, p50, per_round, per_round_clean, rate, Metric};
-use crate::measure::{CellResult, Results, TargetResult};
+use super::{
+    cpu, fmt_ratio, fmt_sum, p50, p99, per_round, per_round_clean, per_round_with, rate, Metric,
+};
+use crate::measure::{CellResult, Results, Round, TargetResult};
 use crate::plan::Cell;
 use crate::servers::{Kind, EPOLL, FLOOR, MULTISHOT, MULTISHOT_OFF, PEER_TOKIO};
 
@@ -62,6 +64,22 @@ fn pair<'a>(
     let c = closed(r, cell).ok_or_else(|| format!("{} not run in this mode", cell.label()))?;
     let get = |n: &str| c.target(n).ok_or_else(|| format!("{n} did not run"));
     Ok((get(a)?, get(b)?))
+}
+
+/// CPU per message of `a` ÷ `b` in `cell`, median of per-round ratios ≤ `limit` (every round:
+/// CPU per message stays valid when the client is the bottleneck).
+fn cpu_check(r: &Results, cell: Cell, a: &str, b: &str, limit: f64, what: String) -> Check {
+    match pair(r, cell, a, b) {
+        Err(why) => Check::na(what, why),
+        Ok((t, base)) => {
+            let s = per_round(t, base, cpu);
+            Check {
+                met: (s.n > 0).then_some(s.median <= limit),
+                evidence: format!("CPU ÷ {b} {}", fmt_ratio(&s)),
+                what,
+            }
+        }
+    }
 }
 
 /// A median-of-ratios check on the rounds in which neither side was client-bound (messages/s
@@ -112,17 +130,7 @@ pub fn issue12(r: &Results) -> Vec<Check> {
             "uring-multishot (default flags) CPU/msg ≤ {limit:.2}× the floor at {}",
             cell.label()
         );
-        v.push(match pair(r, cell, MULTISHOT, FLOOR) {
-            Err(why) => Check::na(what, why),
-            Ok((t, fl)) => {
-                let s = per_round(t, fl, cpu);
-                Check {
-                    met: (s.n > 0).then_some(s.median <= limit),
-                    evidence: format!("CPU ÷ floor {}", fmt_ratio(&s)),
-                    what,
-                }
-            }
-        });
+        v.push(cpu_check(r, cell, MULTISHOT, FLOOR, limit, what));
     }
     v.push(enter_check(r));
     // No latency price at light load, against the same engine without batching.
@@ -159,17 +167,7 @@ pub fn issue12(r: &Results) -> Vec<Check> {
             "epoll runtime CPU/msg ≤ 1.03× peer-tokio's at {}",
             cell.label()
         );
-        v.push(match pair(r, cell, EPOLL, PEER_TOKIO) {
-            Err(why) => Check::na(what, why),
-            Ok((e, pt)) => {
-                let s = per_round(e, pt, cpu);
-                Check {
-                    met: (s.n > 0).then_some(s.median <= 1.03),
-                    evidence: format!("CPU ÷ peer-tokio {}", fmt_ratio(&s)),
-                    what,
-                }
-            }
-        });
+        v.push(cpu_check(r, cell, EPOLL, PEER_TOKIO, 1.03, what));
     }
     // Messages/s against every peer, in every closed-loop cell.
     let peers: Vec<&str> = r
@@ -222,6 +220,18 @@ fn enter_check(r: &Results) -> Check {
     }
 }
 
+/// Open-loop rounds that measured the servers: both reached the `rate` and neither was
+/// client-bound (a round that fell short measured a backlog, one that was client-bound the
+/// client).
+fn usable_at(rate: f64) -> impl Fn(&Round, &Round) -> bool {
+    move |a, b| {
+        rate_reached(a.msgs_per_s, rate)
+            && rate_reached(b.msgs_per_s, rate)
+            && !a.client_bound
+            && !b.client_bound
+    }
+}
+
 /// Open loop at 50% of the epoll runtime's saturation, 50 × 128 B: p50 within +10 µs of
 /// multishot-off, as the median of per-round differences over the rounds in which both reached
 /// the rate and neither was client-bound.
@@ -242,19 +252,7 @@ fn open_loop_p50_check(r: &Results) -> Check {
     else {
         return Check::na(what, "uring-multishot or multishot-off did not run");
     };
-    let diffs: Vec<f64> = off
-        .rounds
-        .iter()
-        .filter_map(|(k, b)| {
-            let x = t.rounds.get(k)?;
-            let usable = rate_reached(x.msgs_per_s, rate)
-                && rate_reached(b.msgs_per_s, rate)
-                && !x.client_bound
-                && !b.client_bound;
-            usable.then_some(x.p50_us - b.p50_us)
-        })
-        .collect();
-    let s = summarize(&diffs);
+    let s = per_round_with(t, off, p50, usable_at(rate), |a, b| Some(a - b));
     let whole = format!("whole-run p50 {:.0} vs {:.0} µs", t.p50_us, off.p50_us);
     if s.n < MIN_ROUNDS_FOR_SIGNIFICANCE {
         return Check::na(
@@ -342,21 +340,10 @@ pub fn issue6(r: &Results) -> Vec<Check> {
         let (Some(e), Some(t), Some(rate)) = (c.target(EPOLL), c.target(MULTISHOT), c.rate) else {
             continue;
         };
-        let ratios: Vec<f64> = e
-            .rounds
-            .iter()
-            .filter_map(|(k, b)| {
-                let x = t.rounds.get(k)?;
-                let usable = rate_reached(x.msgs_per_s, rate)
-                    && rate_reached(b.msgs_per_s, rate)
-                    && !x.client_bound
-                    && !b.client_bound;
-                usable.then(|| x.p99_us / b.p99_us)
-            })
-            .filter(|x| x.is_finite())
-            .collect();
-        let ratio = summarize(&ratios);
-        let enough = ratios.len() >= MIN_ROUNDS_FOR_SIGNIFICANCE;
+        let ratio = per_round_with(t, e, p99, usable_at(rate), |a, b| {
+            (b > 0.0 && a.is_finite()).then(|| a / b)
+        });
+        let enough = ratio.n >= MIN_ROUNDS_FOR_SIGNIFICANCE;
         v.push(Check {
             what: format!(
                 "uring-multishot open loop at 90% of epoll saturation, {}: p99 ≤ epoll's",
@@ -366,7 +353,7 @@ pub fn issue6(r: &Results) -> Vec<Check> {
             evidence: format!(
                 "p99 ÷ epoll's, per round, over the {} of {} rounds with both at the rate and \
                  neither client-bound: {}{}; whole-run p99 {:.0} µs vs {:.0} µs",
-                ratios.len(),
+                ratio.n,
                 e.rounds.len(),
                 fmt_ratio(&ratio),
                 if enough {
@@ -451,20 +438,8 @@ pub fn write(md: &mut String, r: &Results) {
 mod tests {
     use super::*;
     use crate::measure::{ServerInfo, SyscallRound, SyscallSet};
-    use crate::report::testdata::{same, target};
+    use crate::report::testdata::{cell, same, target};
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    fn cell(c: Cell, targets: Vec<TargetResult>) -> CellResult {
-        CellResult {
-            cell: c,
-            rate: None,
-            rate_fraction: None,
-            json: PathBuf::from("x.json"),
-            plot: PathBuf::from("x.svg"),
-            targets,
-        }
-    }
 
     fn info(name: &str, kind: Kind) -> ServerInfo {
         ServerInfo {

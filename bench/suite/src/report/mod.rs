@@ -63,8 +63,8 @@ pub fn p99(r: &Round) -> Option<f64> {
     Some(r.p99_us)
 }
 
-/// Per-round `combine(t, base)` over the rounds of `base` that `keep` admits.
-fn per_round_with(
+/// Per-round `combine(t, base)` of `f` over the rounds of `base` that `keep` admits.
+pub fn per_round_with(
     t: &TargetResult,
     base: &TargetResult,
     f: Metric,
@@ -299,8 +299,22 @@ pub(crate) mod testdata {
     //! Synthetic targets for the report's tests.
 
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
-    use crate::measure::{Round, TargetResult};
+    use crate::measure::{CellResult, Round, TargetResult};
+    use crate::plan::Cell;
+
+    /// A closed-loop comparison of `targets` in cell `c`.
+    pub fn cell(c: Cell, targets: Vec<TargetResult>) -> CellResult {
+        CellResult {
+            cell: c,
+            rate: None,
+            rate_fraction: None,
+            json: PathBuf::from("raw/x.json"),
+            plot: PathBuf::from("raw/x.svg"),
+            targets,
+        }
+    }
 
     /// A target whose round `i` (1-based) has these CPU ns, msgs/s and p50 µs.
     pub fn target(name: &str, cpu: &[f64], rate: &[f64], p50: &[f64]) -> TargetResult {
