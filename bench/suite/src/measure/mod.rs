@@ -30,7 +30,8 @@ pub use side::{ClientRound, RssResult, SyscallRound, SyscallSet};
 pub struct Round {
     /// Messages per second.
     pub msgs_per_s: f64,
-    /// Server CPU ns per message.
+    /// Server CPU ns per message (None where echo-bench had none, or read 0: less than one
+    /// clock tick of server CPU in the round).
     pub server_cpu_ns: Option<f64>,
     /// p50 latency, µs.
     pub p50_us: f64,
@@ -236,7 +237,10 @@ pub fn parse_targets(report: &JsonReport) -> Vec<TargetResult> {
                         r.round as u64,
                         Round {
                             msgs_per_s: r.msgs_per_s,
-                            server_cpu_ns: r.server_cpu_ns_per_msg,
+                            // Server CPU time is read in clock ticks (10 ms): a round with less
+                            // than one tick of server CPU (a stalled round of a few messages)
+                            // reads 0, which is no figure.
+                            server_cpu_ns: r.server_cpu_ns_per_msg.filter(|c| *c > 0.0),
                             p50_us: r.p50_us,
                             p99_us: r.p99_us,
                             client_bound: r.client.client_bound,
@@ -332,6 +336,7 @@ fn compare(
 /// start is skipped with the reason, one of ours is recorded as a failure and left out.
 fn check_servers(bins: &Bins, plan: &Plan, results: &mut Results) {
     for spec in servers::servers(bins, &results.peers.clone(), 1) {
+        log_start_check(&spec, plan.server_cpu, results);
         match servers::try_start(&spec, plan.server_cpu) {
             Ok(features) => results.servers.push(ServerInfo {
                 name: spec.name.clone(),
@@ -347,6 +352,16 @@ fn check_servers(bins: &Bins, plan: &Plan, results: &mut Results) {
                 .push(format!("{} could not start: {e:#}", spec.name)),
         }
     }
+}
+
+/// Records a start-up check ([`servers::try_start`]) among the commands.
+fn log_start_check(spec: &ServerSpec, cpu: usize, results: &mut Results) {
+    let mut argv = vec!["taskset".to_string(), "-c".into(), cpu.to_string()];
+    argv.extend(spec.argv.iter().cloned());
+    results.commands.push(format!(
+        "{}  # start-up check: ready and features lines, then stopped",
+        shell_quote(&argv)
+    ));
 }
 
 /// The servers of a cell that passed [`check_servers`].
@@ -465,6 +480,7 @@ fn ablation_specs(
 ) -> Vec<ServerSpec> {
     let default = servers::ours(bins, DEFAULT, "uring-multishot", 1, &[]);
     a.default_command = default.command_line();
+    log_start_check(&default, plan.server_cpu, results);
     let line = match servers::try_start(&default, plan.server_cpu) {
         Ok(line) => line,
         Err(e) => {
@@ -492,6 +508,7 @@ fn ablation_specs(
     for v in variants {
         let extra: Vec<&str> = v.args.iter().map(String::as_str).collect();
         let spec = servers::ours(bins, &v.name, "uring-multishot", 1, &extra);
+        log_start_check(&spec, plan.server_cpu, results);
         let checked = servers::try_start(&spec, plan.server_cpu)
             .map_err(|e| format!("could not start: {e:#}"))
             .and_then(|line| ablation::check_flip(&v, line.as_deref()));

@@ -295,8 +295,9 @@ fn not_below_peers(c: &CellResult, peers: &[&str]) -> Check {
         if s.n < MIN_ROUNDS_FOR_SIGNIFICANCE {
             undecided.push(p);
             parts.push(format!(
-                "÷ {p}: client-bound in all but {} rounds (all rounds {})",
+                "÷ {p}: only {} of {} rounds free of client-bound sides (all rounds {})",
                 s.n,
+                pt.rounds.len(),
                 fmt_ratio(&per_round(t, pt, rate))
             ));
             continue;
@@ -592,7 +593,8 @@ mod tests {
         let c = find(&issue12(&r), "not below any peer's").clone();
         assert_eq!(c.met, None, "{c:?}");
         assert!(
-            c.evidence.contains("client-bound in all but 1 rounds"),
+            c.evidence
+                .contains("only 1 of 9 rounds free of client-bound sides"),
             "{c:?}"
         );
         // CPU per message stays valid in client-bound rounds.

@@ -110,8 +110,8 @@ pub fn overview(md: &mut String, r: &Results) {
     matrix(md, &cells, FLOOR, cpu, false);
     let _ = writeln!(
         md,
-        "\nMessages/s ÷ uring-multishot's (same rounds; † = the client was the bottleneck in \
-         some rounds of the pair: {CLIENT_BOUND_NOTE}):\n"
+        "\nMessages/s ÷ uring-multishot's (median of per-round ratios; † = client-bound rounds \
+         in the pair, which measure the client: see the cell's table):\n"
     );
     matrix(md, &cells, MULTISHOT, rate, true);
 }
