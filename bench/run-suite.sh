@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command for the benchmark suite on a fresh checkout:
-#   bash bench/run-suite.sh                    # targets mode (~45 min): the figures the README quotes, ablation included
+#   bash bench/run-suite.sh                    # targets mode (~35-45 min): the figures the README quotes, ablation included
 #   bash bench/run-suite.sh --mode quick       # ~4 min, every server and ablation variant once, indicative only
-#   bash bench/run-suite.sh --mode ablation    # ~15 min: the uring-multishot feature ablation alone
+#   bash bench/run-suite.sh --mode ablation    # ~6-14 min: the uring-multishot feature ablation alone
 #   bash bench/run-suite.sh --mode full        # the whole matrix (hours)
 # Installs perf (syscall counts) if it is missing and we are root, builds the workspace in
 # release mode and the peer servers (bench/peers/build.sh: a peer that does not build is

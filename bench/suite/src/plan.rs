@@ -28,7 +28,7 @@ use clap::{Parser, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
-    /// How much to run: quick (about 5 min), targets (about 45 min), ablation (about 15 min),
+    /// How much to run: quick (about 4 min), targets (35-45 min), ablation (6-14 min),
     /// full (hours).
     #[arg(long, value_enum, default_value_t = Mode::Targets)]
     pub mode: Mode,

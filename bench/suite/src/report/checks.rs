@@ -575,6 +575,30 @@ mod tests {
         )]);
         assert_eq!(find(&issue12(&r), "not below any peer's").met, Some(true));
 
+        // A median 1% below, but the interval [0.98–1.01] contains 1.0: inside the spread, MET.
+        let mut r = results(vec![closed_cell(
+            Cell::new(50, 128),
+            900.0,
+            1000.0,
+            100_000.0,
+        )]);
+        let factors = [0.98, 1.01, 0.97, 1.02, 0.99, 0.985, 1.005, 0.99, 0.995];
+        for t in &mut r.closed[0].targets {
+            for (k, round) in t.rounds.iter_mut() {
+                round.msgs_per_s = if t.name == MULTISHOT {
+                    100_000.0 * factors[*k as usize - 1]
+                } else {
+                    100_000.0
+                };
+            }
+        }
+        let c = find(&issue12(&r), "not below any peer's").clone();
+        assert_eq!(c.met, Some(true), "{c:?}");
+        assert!(
+            c.evidence.contains("÷ peer-tokio 0.990 [0.980–1.010] ~"),
+            "{c:?}"
+        );
+
         // Client-bound in 8 of 9 rounds: the figures measure the client; n/a.
         let mut r = results(vec![closed_cell(
             Cell::new(50, 128),

@@ -338,3 +338,38 @@ pub fn side_sections(md: &mut String, r: &Results) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::ServerInfo;
+    use crate::servers::Peers;
+
+    #[test]
+    fn skipped_peers_are_noted_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("peer-tokio"), "").unwrap();
+        let mut peers = Peers::find(dir.path());
+        peers.skip("peer-tokio", "could not start: exited with status 1".into());
+        let r = Results {
+            servers: vec![ServerInfo {
+                name: MULTISHOT.into(),
+                command: "uring-echo --runtime uring-multishot".into(),
+                kind: Kind::Ours,
+                features: Some("features: runtime=uring-multishot in_use=- missing=- off=-".into()),
+            }],
+            peers,
+            ..Results::default()
+        };
+        let mut md = String::new();
+        servers_section(&mut md, &r);
+        assert!(md.contains("| uring-multishot | ours | `uring-echo --runtime uring-multishot` | `features: runtime=uring-multishot"), "{md}");
+        assert!(md.contains("Peers skipped:"), "{md}");
+        assert!(md.contains("- peer-glommio: not found at "), "{md}");
+        assert!(
+            md.contains("- peer-tokio: could not start: exited with status 1"),
+            "{md}"
+        );
+        assert_eq!(md.matches("\n- peer-").count(), 5, "{md}");
+    }
+}
