@@ -76,6 +76,11 @@ fn a_real_report_reads_back_whole_and_typed() {
             let round = &t.rounds[&r["round"].as_u64().unwrap()];
             assert!(close(round.msgs_per_s, &r["msgs_per_s"]) && round.msgs_per_s > 0.0);
             assert!(close(round.p99_us, &r["p99_us"]));
+            assert!(close(round.p50_us, &r["p50_us"]) && round.p50_us > 0.0);
+            assert_eq!(
+                round.client_bound,
+                r["client"]["client_bound"].as_bool().unwrap()
+            );
         }
     }
 }
@@ -96,4 +101,25 @@ fn a_renamed_field_is_an_error_not_a_zero() {
     std::fs::write(&bad, renamed).unwrap();
     let err = format!("{:#}", read_report(&bad).unwrap_err());
     assert!(err.contains("missing field `msgs_per_s`"), "{err}");
+}
+
+#[test]
+fn a_round_with_less_than_one_clock_tick_of_server_cpu_has_no_cpu_figure() {
+    let addr = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let mut raw = echo_bench_report(
+        &[
+            "-q", "-c", "1", "-d", "200ms", "--warmup", "0", "--rounds", "2", &addr,
+        ],
+        &json,
+    );
+    // echo-bench reads server CPU in clock ticks: a stalled round reads 0 ns per message.
+    raw["targets"][0]["rounds"][0]["server_cpu_ns_per_msg"] = 0.0.into();
+    raw["targets"][0]["rounds"][1]["server_cpu_ns_per_msg"] = 5000.0.into();
+    let edited = dir.path().join("edited.json");
+    std::fs::write(&edited, serde_json::to_string(&raw).unwrap()).unwrap();
+    let targets = parse_targets(&read_report(&edited).unwrap());
+    assert_eq!(targets[0].rounds[&1].server_cpu_ns, None);
+    assert_eq!(targets[0].rounds[&2].server_cpu_ns, Some(5000.0));
 }

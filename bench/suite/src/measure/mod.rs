@@ -270,8 +270,26 @@ pub struct Ctx<'a> {
 }
 
 /// One echo-bench comparison of `specs` in `cell` (open loop at `rate` = (msgs/s, fraction of
-/// saturation)), written to `raw/<id>.json`.
+/// saturation)), written to `raw/<id>.json`. A comparison that wrote no report is recorded as a
+/// failure (None) and the suite goes on with the next.
 fn compare(
+    ctx: Ctx,
+    id: &str,
+    cell: Cell,
+    specs: &[ServerSpec],
+    rate: Option<(f64, f64)>,
+    results: &mut Results,
+) -> Option<CellResult> {
+    match try_compare(ctx, id, cell, specs, rate, results) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            results.failures.push(format!("{id}: {e:#}"));
+            None
+        }
+    }
+}
+
+fn try_compare(
     ctx: Ctx,
     id: &str,
     cell: Cell,
@@ -372,9 +390,9 @@ fn cell_servers(bins: &Bins, results: &Results, threads: usize) -> Vec<ServerSpe
         .collect()
 }
 
-/// Runs the whole plan. Errors of one side measurement are recorded and the suite goes on;
-/// only setup errors abort.
-pub fn run_all(ctx: Ctx, peers: Peers) -> anyhow::Result<Results> {
+/// Runs the whole plan. A failed run (a comparison, a side measurement) is recorded in
+/// [`Results::failures`] and the suite goes on with the next.
+pub fn run_all(ctx: Ctx, peers: Peers) -> Results {
     let Ctx { bins, plan, .. } = ctx;
     let mut results = Results {
         peers,
@@ -387,15 +405,10 @@ pub fn run_all(ctx: Ctx, peers: Peers) -> anyhow::Result<Results> {
     }
     for &cell in &plan.cells {
         let specs = cell_servers(bins, &results, cell.threads);
-        let r = compare(
-            ctx,
-            &format!("closed-{}", cell.id()),
-            cell,
-            &specs,
-            None,
-            &mut results,
-        )?;
-        results.closed.push(r);
+        let id = format!("closed-{}", cell.id());
+        if let Some(r) = compare(ctx, &id, cell, &specs, None, &mut results) {
+            results.closed.push(r);
+        }
     }
     for &cell in &plan.open_loop_cells {
         let sat = results
@@ -418,15 +431,10 @@ pub fn run_all(ctx: Ctx, peers: Peers) -> anyhow::Result<Results> {
         let specs = cell_servers(bins, &results, cell.threads);
         for &frac in &plan.open_loop_fractions {
             let id = format!("open{:.0}-{}", frac * 100.0, cell.id());
-            let r = compare(
-                ctx,
-                &id,
-                cell,
-                &specs,
-                Some((sat * frac, frac)),
-                &mut results,
-            )?;
-            results.open.push(r);
+            let rate = Some((sat * frac, frac));
+            if let Some(r) = compare(ctx, &id, cell, &specs, rate, &mut results) {
+                results.open.push(r);
+            }
         }
     }
     if plan.syscalls {
@@ -463,10 +471,9 @@ pub fn run_all(ctx: Ctx, peers: Peers) -> anyhow::Result<Results> {
         }
     }
     if !plan.ablation_cells.is_empty() {
-        let a = run_ablation(ctx, &mut results)?;
-        results.ablation = Some(a);
+        results.ablation = Some(run_ablation(ctx, &mut results));
     }
-    Ok(results)
+    results
 }
 
 /// The ablation targets: the default engine first, then each variant that starts (a variant
@@ -526,19 +533,20 @@ fn ablation_specs(
     specs
 }
 
-fn run_ablation(ctx: Ctx, results: &mut Results) -> anyhow::Result<AblationResult> {
+fn run_ablation(ctx: Ctx, results: &mut Results) -> AblationResult {
     let Ctx { bins, plan, .. } = ctx;
     eprintln!("echo-suite: ablation: starting the default engine and each variant once");
     let mut a = AblationResult::default();
     let specs = ablation_specs(bins, plan, &mut a, results);
     if specs.is_empty() {
-        return Ok(a);
+        return a;
     }
     let perf = side::perf_available();
     for &cell in &plan.ablation_cells {
         let id = format!("ablation-{}", cell.id());
-        let r = compare(ctx, &id, cell, &specs, None, results)?;
-        a.cells.push(r);
+        if let Some(r) = compare(ctx, &id, cell, &specs, None, results) {
+            a.cells.push(r);
+        }
         if perf.is_ok() {
             let prefix = format!("ablation-syscalls-{}", cell.id());
             let set = side::syscall_rounds(ctx, cell, &specs, &prefix, results);
@@ -548,5 +556,5 @@ fn run_ablation(ctx: Ctx, results: &mut Results) -> anyhow::Result<AblationResul
     if let Err(why) = perf {
         results.syscalls_unavailable.get_or_insert(why);
     }
-    Ok(a)
+    a
 }
