@@ -22,16 +22,16 @@
 #
 # Needs (Debian names): qemu-system-x86, busybox-static, iproute2, python3, binutils (strip),
 # and the Rust toolchain. Runs as any user (no root, no /dev/kvm). Files go to
-# target/kernel-vm/ (initramfs, console log). Time on a 2-CPU machine: about 8 minutes of VM time
-# for the default list in release mode; see README "Tests under another kernel".
+# target/kernel-vm/ (initramfs, console log). Time on a 2-CPU machine: about 10 minutes of VM
+# time for the default list in release mode; see README "Tests under another kernel".
 #
 # Environment (defaults in brackets):
 #   VM_TESTS         test binaries (file names in tests/) to run [see DEFAULT_TESTS below]
 #   VM_SKIP          test-name substrings to skip in every binary, space-separated [DEFAULT_SKIP]
 #   VM_PROFILE       cargo profile of the binaries: release or dev [release]
-#   VM_TEST_THREADS  --test-threads inside the VM [2]
+#   VM_TEST_THREADS  --test-threads inside the VM [1]
 #   VM_SMP / VM_MEM  virtual CPUs / memory [2 / 3G]
-#   VM_TIMEOUT       seconds before the VM is stopped and the run fails [900]
+#   VM_TIMEOUT       seconds before the VM is stopped and the run fails [1200]
 #   VM_MODULES       module tree for the kernel [/lib/modules/<version read from the image>]
 #   VM_RUN           a shell command run in the VM instead of the tests, for measurements or
 #                    diagnosis (uring-echo and echo-bench are on PATH); its status is the result
@@ -44,8 +44,11 @@ set -euo pipefail
 # user-space code, nothing kernel-dependent, and slow under TCG), in_process.rs and
 # multishot_cli.rs (library API and command-line checks, covered on the host).
 DEFAULT_TESTS="echo limits lifecycle multishot_engine stress_client stress_exhaustion stress_hostile stress_netns stress_scale stress_server_flags stress_signals stress_soak"
-# Tests skipped inside the VM, with the reason:
-DEFAULT_SKIP=""
+# Tests skipped inside the VM (substrings of test names), with the reason:
+# - connect_close_storm_fast: 20,000 connections per engine take 90-150 s each under TCG, a
+#   third of the VM's time budget; the accept path it loads is also exercised by scale_1k,
+#   emfile_under_connection_storm and small_ring_500_connections.
+DEFAULT_SKIP="connect_close_storm_fast"
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
@@ -63,10 +66,10 @@ cd "$ROOT"
 VM_TESTS=${VM_TESTS:-$DEFAULT_TESTS}
 VM_SKIP=${VM_SKIP-$DEFAULT_SKIP}
 VM_PROFILE=${VM_PROFILE:-release}
-VM_TEST_THREADS=${VM_TEST_THREADS:-2}
+VM_TEST_THREADS=${VM_TEST_THREADS:-1}
 VM_SMP=${VM_SMP:-2}
 VM_MEM=${VM_MEM:-3G}
-VM_TIMEOUT=${VM_TIMEOUT:-900}
+VM_TIMEOUT=${VM_TIMEOUT:-1200}
 QEMU=${QEMU:-qemu-system-x86_64}
 NOFILE=20000
 MARK=@@kernel-vm
@@ -164,37 +167,20 @@ if command -v strip >/dev/null; then
   find "$STAGE" -type f -perm -u+x ! -name busybox -exec strip --strip-debug {} + 2>/dev/null || true
 fi
 
-# Modules the tests need when the kernel has them as modules (Debian's cloud kernel does):
-# inet_diag/tcp_diag for `ss` (without them it falls back to /proc/net/tcp, which has no
-# backlog), veth for stress_netns. Listed with their dependencies, in load order.
+# Modules the tests need when the kernel has them as modules (Debian's cloud kernels do):
+# inet_diag and tcp_diag for `ss` (without them it falls back to /proc/net/tcp, where a listener
+# shows no backlog), veth for stress_netns. In load order; none needs another module. Found by
+# name, so that a tree without modules.dep (e.g. unpacked with `dpkg-deb -x`) works too.
 modules=()
-if [ -f "$VM_MODULES/modules.dep" ]; then
-  while read -r mod; do
-    [ -n "$mod" ] || continue
-    put "$VM_MODULES/$mod" "/lib/modules/$mod"
-    modules+=("/lib/modules/$mod")
-  done < <(python3 - "$VM_MODULES/modules.dep" inet_diag tcp_diag veth <<'EOF'
-import sys
-deps = {}
-for line in open(sys.argv[1]):
-    path, _, rest = line.partition(":")
-    deps[path] = rest.split()
-by_name = {p.rsplit("/", 1)[1].split(".ko")[0].replace("-", "_"): p for p in deps}
-order = []
-def add(path):
-    for dep in reversed(deps[path]):
-        add(dep)
-    if path not in order:
-        order.append(path)
-for name in sys.argv[2:]:
-    if name in by_name:
-        add(by_name[name])
-print("\n".join(order))
-EOF
-  )
-else
-  echo "== kernel-vm: no $VM_MODULES/modules.dep: no modules loaded (set VM_MODULES)"
-fi
+for name in inet_diag tcp_diag veth; do
+  mod=$(find "$VM_MODULES" -name "$name.ko*" -print -quit 2>/dev/null || true)
+  if [ -z "$mod" ]; then
+    echo "== kernel-vm: module $name not under $VM_MODULES (fine if built in; else set VM_MODULES)"
+    continue
+  fi
+  put "$mod" "/lib/modules/$(basename "$mod")"
+  modules+=("/lib/modules/$(basename "$mod")")
+done
 
 # The test command line, quoted for the VM's shell.
 test_flags="--test-threads $VM_TEST_THREADS --show-output"
@@ -217,7 +203,8 @@ EOF
   cat <<EOF
 ip link set lo up
 ulimit -n $NOFILE
-cd $ROOT
+cd $(printf %q "$ROOT")
+echo # ends the line the firmware left on the console
 up() { read -r t _ </proc/uptime; echo \${t%.*}; }
 echo "$MARK kernel \$(uname -r) cpus \$(nproc) mem_kib \$(awk '/MemTotal/ {print \$2}' /proc/meminfo) booted_s \$(cat /proc/uptime | cut -d' ' -f1)"
 failed=0
@@ -226,7 +213,7 @@ EOF
     VM_TESTS=run
     bindir=$(dirname "$(awk '$1 == "bin" && $2 == "uring-echo" {print $3; exit}' "$OUT/executables")")
     cat <<EOF
-export PATH=\$PATH:$bindir
+export PATH=\$PATH:$(printf %q "$bindir")
 echo "$MARK begin run"
 start=\$(up)
 sh -c $(printf %q "$VM_RUN")
@@ -240,7 +227,7 @@ EOF
     cat <<EOF
 echo "$MARK begin $t"
 start=\$(up)
-${test_exe[$t]} $test_flags
+$(printf %q "${test_exe[$t]}") $test_flags
 rc=\$?
 echo "$MARK end $t status=\$rc secs=\$((\$(up) - start))"
 [ \$rc = 0 ] || failed=\$((failed + 1))
@@ -339,6 +326,8 @@ if [ "$failed" != 0 ]; then
       fi
     fi
   done
+  echo "== kernel-vm: failing tests:"
+  grep -E '^test .* FAILED$' "$LOG" | sed 's/^test /   /; s/ \.\.\. FAILED$//' || true
   echo "kernel-vm: FAILED: $failed test binaries failed under kernel $KVER (${elapsed}s; full log $LOG)"
   exit 1
 fi
