@@ -1,11 +1,13 @@
 //! Command line: the raw clap [`Cli`] and the validated [`Config`] the server runs with.
 //!
 //! Why two types: clap checks syntax (a number is a number, `16KiB` is a size), while
-//! [`Config::try_from`] checks meaning: flags that only the io_uring backend understands,
+//! [`Config::try_from`] checks meaning: flags that only some engines understand,
 //! combinations the kernel refuses, CPUs that do not exist. Everything after this module can trust
 //! its input, and every refusal is one line that names the flag.
 //!
-//! Value parsers live here too (sizes, CPU lists, durations) so they are unit-tested in one place.
+//! Sizes, durations and CPU lists are parsed by `echo_units`, which echo-bench uses too, so a
+//! value means the same on both command lines (`2` is two seconds, `1G` is 1024³ bytes, a CPU
+//! listed twice is an error). Only `--batch-wait`, which no other tool has, is parsed here.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,6 +15,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use echo_units::{format_cpu_list, parse_cpu_list, parse_duration, parse_size, CpuList};
+
+use crate::probe::Feature;
 
 /// Default listen address: dual-stack, on the port of the classic Python echo tutorial.
 pub const DEFAULT_LISTEN: &str = "[::]:65432";
@@ -53,7 +58,8 @@ impl fmt::Display for RuntimeKind {
     }
 }
 
-/// TCP echo server on io_uring (tokio-uring), with an epoll (tokio) backend for comparison.
+/// TCP echo server with three I/O engines (io_uring through tokio-uring, raw multishot io_uring,
+/// epoll through tokio) on the same echo semantics, for comparison.
 ///
 /// Prints `listening on <addr>` on stdout once every worker accepts, and a `summary:` line on
 /// stderr when it stops (SIGINT/SIGTERM). Logging goes to stderr and follows RUST_LOG.
@@ -80,7 +86,8 @@ pub struct Cli {
 
     /// Pin worker threads to CPUs: thread i runs on the i-th listed CPU (implies --pin)
     ///
-    /// A list such as `0,2-3`. With fewer CPUs than threads, threads wrap around the list.
+    /// A list such as `0,2-3`, taken as a set in ascending order (a CPU listed twice is an
+    /// error). With fewer CPUs than threads, threads wrap around the list.
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub cpus: Option<CpuList>,
 
@@ -95,7 +102,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
     pub backlog: u32,
 
-    /// I/O buffer size, e.g. 4096, 16KiB, 64k (k/M/G are binary: 64k = 65536)
+    /// I/O buffer size, e.g. 4096, 16KiB, 64k (every unit is binary: 64k = 64KB = 65536)
     ///
     /// uring and epoll: each connection owns exactly one buffer of this size; the server reads
     /// at most this much, writes it back completely, and only then reads again. uring-multishot:
@@ -117,28 +124,29 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections: usize,
 
-    /// Close a connection after SECS without progress (0 = never); also 500ms, 2m...
+    /// Close a connection after SECS without progress (0 = never); 0.5 or 500ms, 2m...
     ///
     /// The timer restarts with every read or write that completes. The peer sees a FIN (or a
     /// reset, if it had sent data the server never read).
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// On SIGINT/SIGTERM, how long open connections may finish before they are closed
     ///
     /// Plain numbers are seconds; humantime units work too (500ms, 1m). A second signal closes
     /// them at once.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_secs)]
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Print a `stats:` line to stderr every SECS (0 = never; at least 10ms)
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    /// Print a `stats:` line to stderr every SECS (0 = never; at least 10ms = 0.01)
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
-    /// (uring) Submission queue entries per ring (the kernel rounds up to a power of two) [default: 256]
+    /// (uring, uring-multishot) Submission queue entries per ring (rounded up to a power of two) [default: 256]
     ///
-    /// The completion queue gets twice as many. A full submission queue is flushed to the kernel
-    /// early, so this trades memory against submit calls, not correctness.
+    /// The completion queue gets twice as many with uring, four times as many (64 to 65536) with
+    /// uring-multishot. A full submission queue is flushed to the kernel early, so this trades
+    /// memory against submit calls, not correctness.
     #[arg(long, value_name = "N")]
     pub ring_entries: Option<u32>,
 
@@ -164,16 +172,86 @@ pub struct Cli {
     #[arg(long)]
     pub fixed_buffers: bool,
 
-    /// (uring-multishot) Per loop, wait for N completions or DUR, e.g. 8,100us [default: off]
+    /// (uring-multishot) How each loop waits for completions: adaptive, off, or N,DUR [default: adaptive]
     ///
-    /// Fewer wake-ups and io_uring_enter calls per message under load, at the price of up to DUR
-    /// of extra latency whenever fewer than N completions are pending: a single ping-pong
-    /// connection waits DUR for every message. Off by default for that reason.
-    #[arg(long, value_name = "N,DUR", value_parser = parse_batch_wait)]
-    pub batch_wait: Option<BatchWait>,
+    /// adaptive: never sleeps past work it knows of, and waits for more than one completion only
+    /// while completions keep arriving in bulk (then for at most a few tens of µs), so a lone
+    /// connection pays no latency for it. off: wait for one completion per loop (no batching).
+    /// N,DUR (e.g. 32,200us): always wait for N completions or DUR — fewer wake-ups under load,
+    /// at the price of up to DUR of extra latency whenever fewer than N are pending.
+    #[arg(long, value_name = "POLICY", value_parser = parse_batch_policy)]
+    pub batch_wait: Option<BatchPolicy>,
+
+    /// (uring-multishot) Switch an optional io_uring feature on or off: NAME=on|off, repeatable
+    ///
+    /// NAME is one of the switchable features of the `features:` line (see README "Kernels"):
+    /// recv_budget. By default each is used where the kernel has it and it measurably helps;
+    /// `off` measures the engine without it (an A/B, or the fallback of an older kernel), `on`
+    /// insists on it: a kernel without it is refused at start with a one-line error.
+    #[arg(long = "feature", value_name = "NAME=on|off", value_parser = parse_feature_switch)]
+    pub features: Vec<FeatureSwitch>,
 }
 
-/// `--batch-wait N,DUR`: completion batching for the uring-multishot engine.
+/// Optional io_uring features `--feature` can switch; the others of [`Feature`] are required by
+/// an engine or decided by other flags.
+pub const SWITCHABLE_FEATURES: [Feature; 1] = [Feature::RecvBudget];
+
+/// One `--feature NAME=on|off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeatureSwitch {
+    /// Which feature.
+    pub feature: Feature,
+    /// `on` (insist) or `off` (do without).
+    pub on: bool,
+}
+
+/// Parses `NAME=on|off` for `--feature`.
+pub fn parse_feature_switch(s: &str) -> Result<FeatureSwitch, String> {
+    let names = || {
+        SWITCHABLE_FEATURES
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=on|off (NAME: {})", names()))?;
+    let feature = Feature::from_name(name.trim())
+        .filter(|f| SWITCHABLE_FEATURES.contains(f))
+        .ok_or_else(|| format!("{name:?} is not a switchable feature (one of: {})", names()))?;
+    let on = match value.trim() {
+        "on" => true,
+        "off" => false,
+        other => return Err(format!("{other:?}: a feature is switched on or off")),
+    };
+    Ok(FeatureSwitch { feature, on })
+}
+
+/// `--batch-wait`: how the uring-multishot engine waits for completions (its one definition: the
+/// engine reads this type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BatchPolicy {
+    /// One completion per wait: no batching at all.
+    Off,
+    /// Batching that adapts to what the engine observes (the default).
+    #[default]
+    Adaptive,
+    /// A fixed batch: always wait for N completions or DUR.
+    Fixed(BatchWait),
+}
+
+impl fmt::Display for BatchPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchPolicy::Off => f.write_str("off"),
+            BatchPolicy::Adaptive => f.write_str("adaptive"),
+            BatchPolicy::Fixed(bw) => write!(f, "{},{:?}", bw.min_completions, bw.timeout),
+        }
+    }
+}
+
+/// `--batch-wait N,DUR`: a fixed completion batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchWait {
     /// Completions to wait for per loop iteration (>= 1).
@@ -182,10 +260,12 @@ pub struct BatchWait {
     pub timeout: Duration,
 }
 
-/// io_uring setup knobs, only meaningful with [`RuntimeKind::Uring`].
+/// io_uring setup knobs of the two io_uring engines. `ring_entries` applies to both;
+/// `sqpoll_idle_ms`, `coop_taskrun` and `fixed_buffers` to [`RuntimeKind::Uring`] only, and
+/// `batch_wait` to [`RuntimeKind::UringMultishot`] only ([`Config::try_from`] refuses the rest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UringOpts {
-    /// Submission queue entries per ring.
+    /// Submission queue entries per ring (both io_uring engines).
     pub ring_entries: u32,
     /// `IORING_SETUP_SQPOLL` idle time in milliseconds, if enabled.
     pub sqpoll_idle_ms: Option<u32>,
@@ -193,8 +273,20 @@ pub struct UringOpts {
     pub coop_taskrun: bool,
     /// Use registered buffers (`read_fixed`/`write_fixed`).
     pub fixed_buffers: bool,
-    /// Completion batching (uring-multishot only).
-    pub batch_wait: Option<BatchWait>,
+    /// Completion batching (uring-multishot only; the default elsewhere, where it is unused).
+    pub batch_wait: BatchPolicy,
+    /// `--feature` switches (uring-multishot only), at most one per feature.
+    pub features: Vec<FeatureSwitch>,
+}
+
+impl UringOpts {
+    /// How `--feature` set `feature`: `Some(true)` on, `Some(false)` off, `None` default.
+    pub fn switch(&self, feature: Feature) -> Option<bool> {
+        self.features
+            .iter()
+            .find(|s| s.feature == feature)
+            .map(|s| s.on)
+    }
 }
 
 /// Validated server configuration.
@@ -314,6 +406,22 @@ impl TryFrom<Cli> for Config {
         if cli.batch_wait.is_some() && cli.runtime != RuntimeKind::UringMultishot {
             bail!("--batch-wait applies to --runtime uring-multishot only");
         }
+        if let Some(switch) = cli.features.first() {
+            if cli.runtime != RuntimeKind::UringMultishot {
+                bail!(
+                    "--feature {}: feature switches apply to --runtime uring-multishot only",
+                    switch.feature
+                );
+            }
+        }
+        for (i, switch) in cli.features.iter().enumerate() {
+            if cli.features[..i]
+                .iter()
+                .any(|s| s.feature == switch.feature)
+            {
+                bail!("--feature {} is given twice", switch.feature);
+            }
+        }
         let ring_entries = cli.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
         if ring_entries == 0 || ring_entries > MAX_RING_ENTRIES {
             bail!("--ring-entries must be between 1 and {MAX_RING_ENTRIES}, got {ring_entries}");
@@ -327,7 +435,7 @@ impl TryFrom<Cli> for Config {
         let cpus = if cli.cpus.is_some() || cli.pin {
             let allowed = allowed_cpus().context("cannot read this process's CPU affinity")?;
             let cpus = match cli.cpus {
-                Some(CpuList(list)) => list,
+                Some(list) => list.into_vec(),
                 None => allowed.clone(),
             };
             if let Some(bad) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
@@ -359,7 +467,8 @@ impl TryFrom<Cli> for Config {
                 sqpoll_idle_ms: cli.sqpoll,
                 coop_taskrun: cli.coop_taskrun,
                 fixed_buffers: cli.fixed_buffers,
-                batch_wait: cli.batch_wait,
+                batch_wait: cli.batch_wait.unwrap_or_default(),
+                features: cli.features,
             },
         })
     }
@@ -381,94 +490,22 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Parses a byte size: `4096`, `16KiB`, `64k`, `1M`, `1GiB` (all units binary, case-insensitive).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let value: usize = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 16KiB, 64k, 1M)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use B, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    value
-        .checked_mul(1usize << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+/// Parses `--batch-wait`: `adaptive`, `off`, or `N,DUR` ([`parse_batch_wait`]).
+pub fn parse_batch_policy(s: &str) -> Result<BatchPolicy, String> {
+    match s.trim() {
+        "adaptive" => Ok(BatchPolicy::Adaptive),
+        "off" => Ok(BatchPolicy::Off),
+        _ => parse_batch_wait(s).map(BatchPolicy::Fixed),
+    }
 }
 
-/// A parsed `--cpus` list: ascending, distinct CPU numbers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CpuList(pub Vec<usize>);
-
-/// Parses a CPU list such as `0,2-3` into ascending, distinct CPU numbers.
-pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
-    let mut cpus = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        let parse = |n: &str| {
-            n.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?} is not a CPU list (example: 0,2-3)"))
-        };
-        match part.split_once('-') {
-            Some((lo, hi)) => {
-                let (lo, hi) = (parse(lo)?, parse(hi)?);
-                if lo > hi {
-                    return Err(format!("{s:?}: range {lo}-{hi} is backwards"));
-                }
-                cpus.extend(lo..=hi);
-            }
-            None => cpus.push(parse(part)?),
-        }
-    }
-    if let Some(cpu) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
-        return Err(format!(
-            "{s:?}: CPU {cpu} is beyond the kernel's CPU set size"
-        ));
-    }
-    let len = cpus.len();
-    cpus.sort_unstable();
-    cpus.dedup();
-    if cpus.len() != len {
-        return Err(format!("{s:?}: a CPU is listed twice"));
-    }
-    Ok(CpuList(cpus))
-}
-
-/// Formats CPUs as a compact list (`0-3,6`), the inverse of [`parse_cpu_list`].
-pub fn format_cpu_list(cpus: &[usize]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let start = cpus[i];
-        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
-            i += 1;
-        }
-        out.push(if cpus[i] == start {
-            start.to_string()
-        } else {
-            format!("{start}-{}", cpus[i])
-        });
-        i += 1;
-    }
-    out.join(",")
-}
-
-/// Parses `--batch-wait N,DUR`: at least one completion, and a duration of 1us..=1s.
+/// Parses `N,DUR`: at least one completion, and a duration of 1us..=1s (a bare number is
+/// seconds, as for every duration).
 pub fn parse_batch_wait(s: &str) -> Result<BatchWait, String> {
-    let usage = || format!("{s:?} is not N,DURATION (example: 8,100us)");
+    let usage = || format!("{s:?} is not adaptive, off or N,DURATION (example: 8,100us)");
     let (n, dur) = s.split_once(',').ok_or_else(usage)?;
     let min_completions: u32 = n.trim().parse().map_err(|_| usage())?;
-    let timeout = humantime::parse_duration(dur.trim()).map_err(|_| usage())?;
+    let timeout = parse_duration(dur).map_err(|e| format!("{s:?}: {e}"))?;
     if min_completions == 0 {
         return Err(format!("{s:?}: N must be at least 1"));
     }
@@ -479,17 +516,6 @@ pub fn parse_batch_wait(s: &str) -> Result<BatchWait, String> {
         min_completions,
         timeout,
     })
-}
-
-/// Parses a duration: a plain number is seconds (`30`, `0.5`), else humantime (`500ms`, `2m`).
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{s:?} is not a valid number of seconds"));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration (examples: 30, 0.5, 500ms, 2m): {e}"))
 }
 
 #[cfg(test)]
@@ -514,55 +540,88 @@ mod tests {
             (bw.min_completions, bw.timeout),
             (8, Duration::from_micros(100))
         );
-        for bad in ["8", "0,100us", "8,0us", "8,2s", "x,100us", "8,soon"] {
+        // The duration is read like every other duration: a bare number is seconds.
+        assert_eq!(
+            parse_batch_wait("8,0.0001").map(|b| b.timeout),
+            Ok(Duration::from_micros(100))
+        );
+        for bad in [
+            "8", "0,100us", "8,0us", "8,2s", "8,2", "x,100us", "8,soon", "8,-1",
+        ] {
             assert!(parse_batch_wait(bad).is_err(), "{bad}");
         }
         let c = config(&["--runtime", "uring-multishot", "--batch-wait", "4,50us"]).unwrap();
-        assert_eq!(c.uring.batch_wait.map(|b| b.min_completions), Some(4));
-        let err = config(&["--runtime", "uring", "--batch-wait", "4,50us"]).unwrap_err();
-        assert!(err.to_string().contains("uring-multishot only"), "{err}");
+        assert!(matches!(c.uring.batch_wait, BatchPolicy::Fixed(b) if b.min_completions == 4));
+        let multishot = |v: &str| {
+            config(&["--runtime", "uring-multishot", "--batch-wait", v])
+                .map(|c| c.uring.batch_wait)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(multishot("off"), Ok(BatchPolicy::Off));
+        assert_eq!(multishot("adaptive"), Ok(BatchPolicy::Adaptive));
+        assert_eq!(
+            config(&["--runtime", "uring-multishot"])
+                .unwrap()
+                .uring
+                .batch_wait,
+            BatchPolicy::Adaptive,
+            "adaptive by default"
+        );
+        assert!(parse_batch_policy("sometimes").is_err());
+        for value in ["4,50us", "off", "adaptive"] {
+            let err = config(&["--runtime", "uring", "--batch-wait", value]).unwrap_err();
+            assert!(err.to_string().contains("uring-multishot only"), "{err}");
+        }
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
-        assert_eq!(parse_size("64k"), Ok(64 * 1024));
-        assert_eq!(parse_size("64 KB"), Ok(64 * 1024));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("7b"), Ok(7));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("KiB").is_err());
-        assert!(parse_size("12q").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0"), Ok(CpuList(vec![0])));
-        assert_eq!(parse_cpu_list("0,2-3"), Ok(CpuList(vec![0, 2, 3])));
-        assert_eq!(parse_cpu_list("3, 1"), Ok(CpuList(vec![1, 3])));
-        assert!(parse_cpu_list("1,1").is_err());
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("a").is_err());
-        assert!(parse_cpu_list("").is_err());
-        assert!(parse_cpu_list("1-").is_err());
-        assert!(parse_cpu_list("100000").is_err());
-        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
-        assert_eq!(format_cpu_list(&[5]), "5");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_secs("0"), Ok(Duration::ZERO));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("soon").is_err());
+    fn feature_switches_are_multishot_only_and_checked() {
+        let c = config(&[
+            "--runtime",
+            "uring-multishot",
+            "--feature",
+            "recv_budget=off",
+        ])
+        .unwrap();
+        assert_eq!(c.uring.switch(Feature::RecvBudget), Some(false));
+        assert_eq!(config(&[]).unwrap().uring.switch(Feature::RecvBudget), None);
+        for runtime in ["uring", "epoll"] {
+            let err = format!(
+                "{:#}",
+                config(&["--runtime", runtime, "--feature", "recv_budget=off"]).unwrap_err()
+            );
+            assert!(err.contains("uring-multishot only"), "{err}");
+        }
+        let twice = [
+            "--runtime",
+            "uring-multishot",
+            "--feature",
+            "recv_budget=off",
+            "--feature",
+            "recv_budget=on",
+        ];
+        assert!(format!("{:#}", config(&twice).unwrap_err()).contains("twice"));
+        assert_eq!(
+            parse_feature_switch("recv_budget=on"),
+            Ok(FeatureSwitch {
+                feature: Feature::RecvBudget,
+                on: true
+            })
+        );
+        for bad in [
+            "recv_budget",
+            "recv_budget=maybe",
+            "bogus=on",
+            "defer_taskrun=off",
+            "=on",
+        ] {
+            let err = parse_feature_switch(bad).unwrap_err();
+            assert!(
+                err.contains(bad.split('=').next().unwrap_or(bad)) || err.contains("on or off"),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains('\n'));
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The echo semantics, written once for both backends.
+//! The echo loop of the two tokio engines (`uring`, `epoll`), written once for both.
 //!
 //! A backend supplies an [`EchoStream`]: an accepted socket with owned-buffer `read` and
 //! `write_all` (the io_uring shape: the buffer travels to the kernel and comes back with the
@@ -12,31 +12,31 @@
 //! Invariants:
 //! - **Bounded memory.** One buffer per connection, never more: a client that writes and never
 //!   reads stalls our write, so we stop reading and TCP flow control pushes back on it.
-//! - **Errors stay local.** An I/O error ends that connection only; it is counted by kind
-//!   (ECONNRESET, EPIPE, other), never logged per operation.
+//! - **Errors stay local.** An I/O error ends that connection only; it is counted by
+//!   [`ErrorKind`], never logged per operation.
 //! - **Interruptions are shutdowns, not drops.** tokio-uring cannot cancel a submitted operation:
 //!   dropping a pending read would leave the kernel holding the socket and the peer would never
 //!   see a FIN. So idle timeouts and forced drains never touch the connection task; the
 //!   per-worker [`Registry`] calls `shutdown(SHUT_RDWR)` on the socket, the in-flight read or
 //!   write completes (0 or EPIPE), and the loop ends by itself. This also keeps the per-operation
 //!   path free of timers and cancellation futures: beyond the I/O itself, an operation costs one
-//!   relaxed atomic add (the byte counter) and one `Cell` store (the progress stamp).
+//!   relaxed atomic add (the byte counter) and one `Cell` store (the progress flag).
 //!
-//! Idle detection is coarse on purpose: a sweeper ticks every `idle/8` (10 ms..1 s) and closes
-//! connections whose last progress (any completed read or write) is more than the timeout old, so
-//! a connection is closed between `SECS` and `SECS + 2 ticks` after it stopped moving.
+//! Idle timing is [`IdleSweep`]'s, shared with the multishot engine: a sweeper task runs every
+//! [`IdleSweep::period`] and the connection is closed within [`IdleSweep::window`] of its last
+//! completed read or write, never before the timeout.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use slab::Slab;
 
-use crate::stats::Stats;
+use crate::policy::{Admitted, ErrorKind, IdleStamp, IdleSweep};
+use crate::stats::{Counts, Stats};
 
 /// An accepted connection with owned-buffer I/O. Futures are `!Send`: every worker runs a
 /// current-thread runtime.
@@ -45,10 +45,10 @@ pub(crate) trait EchoStream: AsRawFd {
     type Buf;
 
     /// Reads at most one buffer's worth; `Ok(0)` is end of stream.
-    async fn read(&self, buf: Self::Buf) -> (io::Result<usize>, Self::Buf);
+    async fn read(&mut self, buf: Self::Buf) -> (io::Result<usize>, Self::Buf);
 
     /// Writes `buf[..len]` completely (short writes are continued).
-    async fn write_all(&self, buf: Self::Buf, len: usize) -> (io::Result<()>, Self::Buf);
+    async fn write_all(&mut self, buf: Self::Buf, len: usize) -> (io::Result<()>, Self::Buf);
 
     /// Sets TCP_NODELAY.
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
@@ -65,8 +65,8 @@ enum Interrupt {
 #[derive(Debug)]
 struct ConnState {
     fd: RawFd,
-    /// Registry tick of the last completed read or write.
-    last_progress: Cell<u64>,
+    /// Progress since the last idle sweep, and since when the connection is quiet.
+    idle: IdleStamp,
     interrupted: Cell<Option<Interrupt>>,
 }
 
@@ -90,7 +90,6 @@ impl ConnState {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     conns: RefCell<Slab<Rc<ConnState>>>,
-    tick: Cell<u64>,
 }
 
 impl Registry {
@@ -106,21 +105,18 @@ impl Registry {
         }
     }
 
-    /// Closes connections without progress for `idle`, checking every `idle / 8` (10 ms..1 s).
-    /// Runs until dropped.
-    pub(crate) async fn sweep_idle(&self, idle: Duration) {
-        let period = (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        // Progress is stamped with the tick current at the time, which may be up to one period
-        // old: wait one extra tick so a connection is never closed before `idle` has passed.
-        let idle_ticks = idle.as_nanos().div_ceil(period.as_nanos()) as u64 + 1;
-        let mut interval = tokio::time::interval(period);
+    /// Closes connections idle for `sweep.idle()`, sweeping every `sweep.period()`. Runs until
+    /// dropped.
+    pub(crate) async fn sweep_idle(&self, sweep: IdleSweep) {
+        let mut interval = tokio::time::interval(sweep.period());
+        // A late sweep delays the next one rather than bunching them: sweeps stay at least one
+        // period apart, which is what `IdleSweep::window` assumes.
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let now = self.tick.get() + 1;
-            self.tick.set(now);
+            let now = Instant::now();
             for (_, conn) in self.conns.borrow().iter() {
-                if now - conn.last_progress.get() >= idle_ticks {
+                if sweep.expired(now, &conn.idle) {
                     conn.interrupt(Interrupt::Idle);
                 }
             }
@@ -130,7 +126,7 @@ impl Registry {
     fn register(self: &Rc<Self>, fd: RawFd) -> Registration {
         let state = Rc::new(ConnState {
             fd,
-            last_progress: Cell::new(self.tick.get()),
+            idle: IdleStamp::new(Instant::now()),
             interrupted: Cell::new(None),
         });
         let key = self.conns.borrow_mut().insert(Rc::clone(&state));
@@ -152,34 +148,13 @@ struct Registration {
 impl Registration {
     #[inline]
     fn progress(&self) {
-        self.state.last_progress.set(self.registry.tick.get());
+        self.state.idle.progress();
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.conns.borrow_mut().remove(self.key);
-    }
-}
-
-/// Holds one slot of the global connection count (`--max-connections`) until dropped.
-pub(crate) struct ActiveSlot(Arc<AtomicUsize>);
-
-impl ActiveSlot {
-    /// Takes a slot, or returns `None` when `max` connections are already open.
-    pub(crate) fn acquire(active: &Arc<AtomicUsize>, max: Option<usize>) -> Option<ActiveSlot> {
-        let previous = active.fetch_add(1, Ordering::AcqRel);
-        if max.is_some_and(|max| previous >= max) {
-            active.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ActiveSlot(Arc::clone(active)))
-    }
-}
-
-impl Drop for ActiveSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -193,29 +168,36 @@ pub(crate) struct ConnCtx {
 /// Serves one accepted connection to its end and accounts for it. Never fails: errors are
 /// counted, and the socket is closed when this returns.
 pub(crate) async fn serve<S: EchoStream>(
-    stream: S,
+    mut stream: S,
     buf: S::Buf,
-    slot: ActiveSlot,
+    admitted: Admitted,
     ctx: Rc<ConnCtx>,
 ) {
     let stats = ctx.stats.worker(ctx.worker);
     // Declared after `stream`, so dropped before it: the registry never holds a closed fd.
     let registration = ctx.registry.register(stream.as_raw_fd());
-    let result = echo(&stream, buf, &registration, |n| stats.echoed(n)).await;
+    let result = echo(&mut stream, buf, &registration, |n| {
+        stats.add(&Counts::echoed(n))
+    })
+    .await;
+    let mut end = Counts {
+        closed: 1,
+        ..Counts::default()
+    };
     match (registration.state.interrupted.get(), result) {
-        (Some(Interrupt::Idle), _) => stats.idle_timeout(),
+        (Some(Interrupt::Idle), _) => end.idle_timeouts = 1,
         (Some(Interrupt::Forced), _) | (None, Ok(())) => {}
-        (None, Err(err)) => stats.conn_error(&err),
+        (None, Err(err)) => end.error(ErrorKind::of(&err)),
     }
-    stats.closed();
+    stats.add(&end);
     drop(registration);
-    drop(slot);
+    drop(admitted);
     drop(stream);
 }
 
 /// The echo loop itself; see the module docs.
 async fn echo<S: EchoStream>(
-    stream: &S,
+    stream: &mut S,
     mut buf: S::Buf,
     registration: &Registration,
     echoed: impl Fn(usize),

@@ -1,34 +1,43 @@
-//! uring-echo: a TCP echo server on io_uring (tokio-uring), with an epoll (tokio) backend in the
-//! same binary so the two engines can be compared on identical echo logic.
+//! uring-echo: a TCP echo server with three I/O engines in one binary, so that io_uring and
+//! epoll can be compared on identical echo semantics: `uring` (tokio-uring), `epoll` (tokio) and
+//! `uring-multishot` (the raw `io-uring` crate: multishot receive into a provided-buffer ring).
 //!
 //! The binary only parses flags and calls [`run`]; everything else lives here so tests and other
 //! programs can run the server in-process and stop it with a [`Shutdown`] instead of a signal.
 //!
-//! Module map:
+//! Module map, top-down:
 //! - [`config`]: clap [`Cli`](config::Cli) (raw flags) -> validated [`Config`];
 //! - [`listener`]: listening sockets built with socket2 (backlog, dual-stack, SO_REUSEPORT);
+//! - [`backend`]: worker threads; each runs one engine:
+//!   - `backend::uring` and `backend::epoll` supply a tokio runtime, accept and owned-buffer
+//!     read/write; the accept loop and drain are `backend::serve`, the echo loop `conn`, both
+//!     written once for the two;
+//!   - [`backend::uring_multishot`]: its own event loop on a raw io_uring;
+//! - [`policy`]: what happens to connections on every engine (admission, accept back-off and
+//!   error log, error kinds, drain grace, idle timing), with no runtime in it;
+//! - [`probe`]: which io_uring features the kernel has (found by trying them, once per
+//!   process), the `features:` line, and why io_uring cannot be set up where it cannot;
 //! - [`shutdown`]: SIGINT/SIGTERM -> stop (drain) and force (close now) tokens;
-//! - [`stats`]: per-worker counters and the `summary:`/`stats:` lines;
-//! - `conn`: the echo loop, limits and error accounting, written once for both engines;
-//! - `backend`: worker threads and the shared accept loop; `backend::uring` and
-//!   `backend::epoll` supply the runtime, accept and owned-buffer read/write.
+//! - [`stats`]: per-worker counters, fed by every engine through one typed call, and the
+//!   `summary:`/`stats:` lines.
 //!
-//! Threading: `--threads N` workers, each an OS thread with its own current-thread runtime and
-//! its own listening socket (SO_REUSEPORT when N > 1); nothing is shared between workers on the
+//! Threading: `--threads N` workers, each an OS thread with its own engine instance and its own
+//! listening socket (SO_REUSEPORT when N > 1); nothing is shared between workers on the
 //! per-operation path except their own stats block.
 
 #![warn(missing_docs)]
 
-mod backend;
+pub mod backend;
 pub mod config;
 mod conn;
 pub mod listener;
+pub mod policy;
+pub mod probe;
 pub mod shutdown;
 pub mod stats;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -40,10 +49,13 @@ pub use stats::Summary;
 
 use backend::{Ready, Shared, Worker};
 use listener::ListenOpts;
+use policy::Admission;
+use probe::FeatureReport;
 
 /// A started server: every worker is accepting on [`Server::local_addr`].
 pub struct Server {
     local_addr: SocketAddr,
+    features: FeatureReport,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     /// Disconnects once every worker thread has exited.
@@ -69,9 +81,9 @@ pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
 
     let shared = Arc::new(Shared {
         stats: Arc::new(stats::Stats::new(config.threads)),
+        admission: Admission::new(config.max_connections),
         config,
         shutdown,
-        active: Arc::new(AtomicUsize::new(0)),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done) = mpsc::channel::<()>();
@@ -102,9 +114,13 @@ pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
     drop((ready_tx, done_tx));
 
     let mut first_error = spawn_error;
+    let mut usage = None;
     for _ in 0..threads.len() {
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
+            // Every worker runs the same engine with the same configuration on one kernel.
+            Ok(Ok(worker_usage)) => {
+                usage.get_or_insert(worker_usage);
+            }
             Ok(Err(err)) => {
                 first_error.get_or_insert(err);
             }
@@ -114,8 +130,10 @@ pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
             }
         }
     }
+    let features = FeatureReport::new(shared.config.runtime, usage.unwrap_or_default());
     let server = Server {
         local_addr,
+        features,
         shared,
         threads,
         done,
@@ -135,6 +153,12 @@ impl Server {
     /// The address every worker listens on (with the real port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The kernel and the io_uring features this server's engine uses, lacks and leaves off
+    /// (the `features:` line).
+    pub fn features(&self) -> &FeatureReport {
+        &self.features
     }
 
     /// Counters right now.
@@ -171,18 +195,21 @@ impl Server {
     }
 }
 
-/// Runs the server until `shutdown` stops it: prints `listening on <addr>` to stdout once every
-/// worker accepts, `stats:` lines while running (if asked) and the `summary:` line to stderr at
+/// Runs the server until `shutdown` stops it: once every worker accepts, prints the `features:`
+/// line to stderr and then `listening on <addr>` to stdout; `stats:` lines while running (if
+/// asked) and the `summary:` line (ending with the kernel and the features in use) to stderr at
 /// the end.
 pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<Summary> {
     let server = start(config, shutdown)?;
+    let features = server.features().clone();
+    eprintln!("{features}");
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", server.local_addr())
         .and_then(|()| stdout.flush())
         .context("cannot write the ready line to stdout")?;
     drop(stdout);
     let summary = server.wait()?;
-    eprintln!("summary: {summary}");
+    eprintln!("summary: {summary} {}", features.summary_suffix());
     Ok(summary)
 }
 

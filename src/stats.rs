@@ -12,9 +12,63 @@
 //! (one line).
 
 use std::fmt;
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+use crate::policy::ErrorKind;
+
+/// Events to add to a worker's counters, in the units of the summary line. Every engine reports
+/// through [`WorkerStats::add`] with one of these: the tokio engines one event at a time (a
+/// `Counts` built from one constructor, whose zero fields the inlined `add` skips at compile
+/// time), the multishot engine a tick's worth at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Connections accepted and served.
+    pub accepted: u64,
+    /// Connections accepted and closed at once (over `--max-connections`, or shutting down).
+    pub rejected: u64,
+    /// Served connections that ended, for whatever reason.
+    pub closed: u64,
+    /// Bytes written back to clients.
+    pub bytes_echoed: u64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts: u64,
+    /// Connections ended by an I/O error of kind [`ErrorKind::Reset`].
+    pub errors_reset: u64,
+    /// Connections ended by an I/O error of kind [`ErrorKind::Pipe`].
+    pub errors_pipe: u64,
+    /// Connections ended by an I/O error of kind [`ErrorKind::Other`].
+    pub errors_other: u64,
+    /// Failed `accept`s.
+    pub accept_errors: u64,
+}
+
+impl Counts {
+    /// `n` bytes were written back to a client.
+    #[inline]
+    pub fn echoed(n: usize) -> Counts {
+        Counts {
+            bytes_echoed: n as u64,
+            ..Counts::default()
+        }
+    }
+
+    /// Counts one connection ended by an error of this kind.
+    #[inline]
+    pub fn error(&mut self, kind: ErrorKind) {
+        let counter = match kind {
+            ErrorKind::Reset => &mut self.errors_reset,
+            ErrorKind::Pipe => &mut self.errors_pipe,
+            ErrorKind::Other => &mut self.errors_other,
+        };
+        *counter += 1;
+    }
+
+    /// Nothing to add.
+    pub fn is_zero(&self) -> bool {
+        *self == Counts::default()
+    }
+}
 
 /// One worker's counters. Aligned to 128 bytes so two workers never share a cache line
 /// (adjacent-line prefetch makes 64 not quite enough on x86).
@@ -33,38 +87,25 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
-    /// A connection was accepted and is being served.
-    pub fn accepted(&self) {
-        self.accepted.fetch_add(1, Relaxed);
-    }
-    /// A connection was accepted and closed at once (over `--max-connections`, or shutting down).
-    pub fn rejected(&self) {
-        self.rejected.fetch_add(1, Relaxed);
-    }
-    /// A served connection ended, for whatever reason.
-    pub fn closed(&self) {
-        self.closed.fetch_add(1, Relaxed);
-    }
-    /// `n` bytes were written back to a client.
-    pub fn echoed(&self, n: usize) {
-        self.bytes_echoed.fetch_add(n as u64, Relaxed);
-    }
-    /// A connection was closed by the idle timeout.
-    pub fn idle_timeout(&self) {
-        self.idle_timeouts.fetch_add(1, Relaxed);
-    }
-    /// A connection ended with an I/O error, counted by kind.
-    pub fn conn_error(&self, err: &io::Error) {
-        let counter = match err.raw_os_error() {
-            Some(libc::ECONNRESET) => &self.errors_reset,
-            Some(libc::EPIPE) => &self.errors_pipe,
-            _ => &self.errors_other,
-        };
-        counter.fetch_add(1, Relaxed);
-    }
-    /// `accept` failed.
-    pub fn accept_error(&self) {
-        self.accept_errors.fetch_add(1, Relaxed);
+    /// Adds `counts` (only the worker that owns this block calls it). Zero fields cost no atomic.
+    #[inline]
+    pub fn add(&self, counts: &Counts) {
+        let fields = [
+            (&self.accepted, counts.accepted),
+            (&self.rejected, counts.rejected),
+            (&self.closed, counts.closed),
+            (&self.bytes_echoed, counts.bytes_echoed),
+            (&self.idle_timeouts, counts.idle_timeouts),
+            (&self.errors_reset, counts.errors_reset),
+            (&self.errors_pipe, counts.errors_pipe),
+            (&self.errors_other, counts.errors_other),
+            (&self.accept_errors, counts.accept_errors),
+        ];
+        for (counter, n) in fields {
+            if n != 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
     }
 }
 
@@ -95,15 +136,17 @@ impl Stats {
             self.workers.iter().map(|w| f(w).load(Relaxed)).sum::<u64>()
         };
         Summary {
-            accepted: sum(|w| &w.accepted),
-            rejected: sum(|w| &w.rejected),
-            closed: sum(|w| &w.closed),
-            bytes_echoed: sum(|w| &w.bytes_echoed),
-            idle_timeouts: sum(|w| &w.idle_timeouts),
-            errors_reset: sum(|w| &w.errors_reset),
-            errors_pipe: sum(|w| &w.errors_pipe),
-            errors_other: sum(|w| &w.errors_other),
-            accept_errors: sum(|w| &w.accept_errors),
+            counts: Counts {
+                accepted: sum(|w| &w.accepted),
+                rejected: sum(|w| &w.rejected),
+                closed: sum(|w| &w.closed),
+                bytes_echoed: sum(|w| &w.bytes_echoed),
+                idle_timeouts: sum(|w| &w.idle_timeouts),
+                errors_reset: sum(|w| &w.errors_reset),
+                errors_pipe: sum(|w| &w.errors_pipe),
+                errors_other: sum(|w| &w.errors_other),
+                accept_errors: sum(|w| &w.accept_errors),
+            },
             elapsed: self.started.elapsed(),
             accepted_per_thread: self
                 .workers
@@ -117,24 +160,8 @@ impl Stats {
 /// A point-in-time sum of the counters. `Display` gives the `key=value` part of the line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Connections accepted and served.
-    pub accepted: u64,
-    /// Connections accepted and closed at once (over the limit or during shutdown).
-    pub rejected: u64,
-    /// Served connections that have ended.
-    pub closed: u64,
-    /// Bytes written back to clients.
-    pub bytes_echoed: u64,
-    /// Connections closed by `--idle-timeout`.
-    pub idle_timeouts: u64,
-    /// Connections ended by ECONNRESET.
-    pub errors_reset: u64,
-    /// Connections ended by EPIPE.
-    pub errors_pipe: u64,
-    /// Connections ended by any other I/O error.
-    pub errors_other: u64,
-    /// Failed `accept` calls (EMFILE and friends; the server retries).
-    pub accept_errors: u64,
+    /// Every worker's counts, summed.
+    pub counts: Counts,
     /// Time since the server started.
     pub elapsed: Duration,
     /// `accepted`, per worker thread.
@@ -143,19 +170,20 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
         write!(
             f,
             "accepted={} rejected={} closed={} bytes_echoed={} idle_timeouts={} errors_reset={} \
              errors_pipe={} errors_other={} accept_errors={} elapsed_s={:.3} accepted_per_thread=",
-            self.accepted,
-            self.rejected,
-            self.closed,
-            self.bytes_echoed,
-            self.idle_timeouts,
-            self.errors_reset,
-            self.errors_pipe,
-            self.errors_other,
-            self.accept_errors,
+            c.accepted,
+            c.rejected,
+            c.closed,
+            c.bytes_echoed,
+            c.idle_timeouts,
+            c.errors_reset,
+            c.errors_pipe,
+            c.errors_other,
+            c.accept_errors,
             self.elapsed.as_secs_f64(),
         )?;
         for (i, n) in self.accepted_per_thread.iter().enumerate() {
@@ -176,19 +204,27 @@ mod tests {
     fn line_format_and_error_kinds() {
         let stats = Stats::new(2);
         let (a, b) = (stats.worker(0), stats.worker(1));
-        a.accepted();
-        a.accepted();
-        b.accepted();
-        b.rejected();
-        a.closed();
-        a.echoed(40);
-        b.echoed(2);
-        b.idle_timeout();
-        a.conn_error(&io::Error::from_raw_os_error(libc::ECONNRESET));
-        a.conn_error(&io::Error::from_raw_os_error(libc::EPIPE));
-        b.conn_error(&io::Error::from_raw_os_error(libc::ETIMEDOUT));
-        b.conn_error(&io::Error::other("no errno"));
-        a.accept_error();
+        let mut ca = Counts {
+            accepted: 2,
+            closed: 1,
+            accept_errors: 1,
+            ..Counts::default()
+        };
+        ca.error(ErrorKind::Reset);
+        ca.error(ErrorKind::Pipe);
+        a.add(&ca);
+        a.add(&Counts::echoed(40));
+        let mut cb = Counts {
+            accepted: 1,
+            rejected: 1,
+            idle_timeouts: 1,
+            ..Counts::default()
+        };
+        cb.error(ErrorKind::Other);
+        cb.error(ErrorKind::of(&std::io::Error::other("no errno")));
+        b.add(&cb);
+        b.add(&Counts::echoed(2));
+        b.add(&Counts::default());
         let mut s = stats.snapshot();
         s.elapsed = Duration::from_millis(1234);
         assert_eq!(
@@ -196,6 +232,7 @@ mod tests {
             "accepted=3 rejected=1 closed=1 bytes_echoed=42 idle_timeouts=1 errors_reset=1 \
              errors_pipe=1 errors_other=2 accept_errors=1 elapsed_s=1.234 accepted_per_thread=2/1"
         );
+        assert!(Counts::default().is_zero() && !ca.is_zero());
     }
 
     #[test]

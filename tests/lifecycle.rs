@@ -7,9 +7,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_one_line_error, echo_once, run_to_exit, Rlimit, TestServer, RUNTIMES, SERVER_FLAGS,
-};
+use common::{assert_one_line_error, echo_once, run_to_exit, Rlimit, TestServer, RUNTIMES};
 
 for_each_runtime!(
     sigterm_drains_open_connections_then_summarizes,
@@ -95,7 +93,9 @@ fn sigterm_drains_open_connections_then_summarizes(runtime: &str) {
             "errors_other",
             "accept_errors",
             "elapsed_s",
-            "accepted_per_thread"
+            "accepted_per_thread",
+            "kernel",
+            "features"
         ]
     );
     // Probe connections made while stopping may or may not have been accepted.
@@ -228,7 +228,11 @@ fn stats_interval_prints_stats_lines(runtime: &str) {
         k.sort();
         k
     };
-    assert_eq!(keys(&stats), keys(&summary));
+    // The summary has the stats keys, plus the kernel and the features in use at its end.
+    let mut stats_keys = keys(&stats);
+    stats_keys.extend(["features".to_string(), "kernel".to_string()]);
+    stats_keys.sort();
+    assert_eq!(stats_keys, keys(&summary));
     assert_eq!(stats["bytes_echoed"], "7");
 }
 
@@ -333,7 +337,18 @@ fn help_documents_every_flag() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in SERVER_FLAGS {
-        assert!(help.contains(flag), "{flag} missing from --help");
+    let flags = common::server_flags();
+    assert!(flags.iter().any(|f| f == "--runtime"), "{flags:?}");
+    let hidden = common::hidden_server_flags();
+    assert!(hidden.is_empty(), "no hidden flags: {hidden:?}");
+    for flag in &flags {
+        if hidden.contains(flag) {
+            assert!(
+                !help.contains(flag.as_str()),
+                "{flag} is hidden from --help"
+            );
+        } else {
+            assert!(help.contains(flag.as_str()), "{flag} missing from --help");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Limits and hostile clients, on both engines: resets, fd exhaustion, connection limit, idle
+//! Limits and hostile clients, on every engine: resets, fd exhaustion, connection limit, idle
 //! timeout, clients that never read.
 
 mod common;
@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{connect, echo_once, pattern, Rlimit, TestServer};
+use uring_echo::policy::IdleSweep;
 
 for_each_runtime!(
     rst_storm_leaves_no_fds_behind,
@@ -145,31 +146,57 @@ fn max_connections_rejects_the_next_one(runtime: &str) {
     assert_eq!(exited.count("rejected"), 1);
 }
 
+/// Scheduling slack on top of the idle window's upper bound: sweeps and wake-ups run late on a
+/// loaded test machine. The lower bound gets none.
+const IDLE_SLACK: Duration = Duration::from_millis(300);
+
+/// The idle window is the same on every engine (`policy::IdleSweep`): the FIN of an idle
+/// connection never comes before the timeout and, sweeps running on schedule, within two sweep
+/// periods after it; a connection that keeps making progress stays open.
 fn idle_timeout_closes_idle_connections_only(runtime: &str) {
+    let idle = Duration::from_secs(1);
+    let (earliest, latest) = IdleSweep::new(idle).window();
     let server = TestServer::spawn(&[
         "--runtime",
         runtime,
         "--listen",
         "127.0.0.1:0",
         "--idle-timeout",
-        "2",
+        "1",
     ]);
-    let mut idle = server.connect();
-    echo_once(&mut idle, b"then silence");
+    let mut idle_conn = server.connect();
     let mut busy = server.connect();
-    let started = Instant::now();
-    // The busy client makes progress every 50 ms, far inside the 2 s timeout.
+    // No progress of the server on this connection can come before this instant.
+    let before_write = Instant::now();
+    echo_once(&mut idle_conn, b"then silence");
+    let echoed = Instant::now();
+    let fin = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        let n = idle_conn.read(&mut buf).expect("FIN, not an error");
+        (n, Instant::now())
+    });
+    // The busy client makes progress every 50 ms, far inside the timeout, until the FIN.
     let mut n = 0;
-    while started.elapsed() < Duration::from_secs(3) {
+    while !fin.is_finished() {
+        assert!(before_write.elapsed() < DEADLINE, "{runtime}: no FIN");
         echo_once(&mut busy, format!("ping {n}").as_bytes());
         n += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut buf = [0u8; 16];
-    assert_eq!(idle.read(&mut buf).expect("FIN, not an error"), 0);
+    let (read, fin_at) = fin.join().unwrap();
+    assert_eq!(read, 0, "{runtime}: data instead of a FIN");
+    let after = fin_at - before_write;
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "closed before the timeout"
+        after >= earliest,
+        "{runtime}: FIN {after:?} after the last write, before the {idle:?} timeout"
+    );
+    let after = fin_at - echoed;
+    assert!(
+        after <= latest + IDLE_SLACK,
+        "{runtime}: FIN {after:?} after the last echo, window ends at {latest:?} (+{IDLE_SLACK:?})"
+    );
+    eprintln!(
+        "{runtime}: idle FIN {after:?} after the last echo (window {earliest:?}..{latest:?})"
     );
     echo_once(&mut busy, b"busy connection survived");
     drop(busy);

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_one_line_error, echo_once, run_to_exit, TestServer};
+use uring_echo::probe::{self, Feature};
 
 #[test]
 fn tokio_uring_flags_are_refused() {
@@ -70,6 +71,16 @@ fn batch_wait_flag_echoes_correctly() {
     drop(s);
     let exited = server.stop();
     assert_eq!(exited.count("bytes_echoed"), 100 * 300);
+    // The wait's minimum (Linux 6.12) where the kernel has it, else the plain-timeout fallback,
+    // and the features line says which.
+    let line = exited.features();
+    let (used, expected) = if probe::features().has(Feature::MinWait) {
+        (&line["in_use"], "min_wait")
+    } else {
+        eprintln!("this kernel has no min_wait (Linux 6.12): --batch-wait used a plain timeout");
+        (&line["missing"], "min_wait")
+    };
+    assert!(used.split(',').any(|f| f == expected), "{line:?}");
 }
 
 #[test]

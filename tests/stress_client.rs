@@ -230,7 +230,15 @@ fn real_server_stopped_mid_run() {
     // uring-echo gets SIGTERM (drain 200 ms) while echo-bench runs: echo-bench must report the
     // closed connections in one line and exit 1. (It runs out its -d even when every connection
     // has failed, hence the short -d.)
-    let server = TestServer::spawn(&["--listen", "127.0.0.1:0", "--drain-timeout", "200ms"]);
+    // Stats lines show when echo-bench's load has reached the server.
+    let server = TestServer::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "200ms",
+        "--stats-interval",
+        "50ms",
+    ]);
     let target = server.loopback().to_string();
     let bench = common::stress::Proc::echo_bench(
         None,
@@ -251,7 +259,9 @@ fn real_server_stopped_mid_run() {
     common::stress::wait_until("echo-bench connected", Duration::from_secs(20), || {
         server.fd_count() > 20
     });
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_for_stderr("echoes under way", Duration::from_secs(20), |e| {
+        common::parse_line(e, "stats: ").is_some_and(|s| s["bytes_echoed"] != "0")
+    });
     let exited = server.stop();
     assert_eq!(exited.status.code(), Some(0), "{}", exited.stderr);
     let out = bench.wait(BOUND);
@@ -276,9 +286,9 @@ fn absurd_flag_values_are_one_line_errors() {
         (&["--size", "0"], 2, "at least 12"),
         (&["--size", "1G"], 2, "--size"),
         (&["--size", "64 parsecs"], 2, "--size"),
-        (&["-d", "banana"], 2, "expected a duration"),
+        (&["-d", "banana"], 2, "is not a duration"),
         (&["-d", "0s"], 2, "longer than zero"),
-        (&["-d", "10"], 2, "expected a duration"),
+        (&["-d", "1e3"], 2, "is not a duration"),
         (&["--warmup", "soon"], 2, "--warmup"),
         (&["--interval", "0"], 2, "--interval"),
         (&["--interval", "1ns"], 2, "--interval"),
@@ -287,6 +297,7 @@ fn absurd_flag_values_are_one_line_errors() {
         (&["--connect-timeout", "0"], 2, "--connect-timeout"),
         (&["--start-at", "yesterday"], 2, "--start-at"),
         (&["--client-cpus", "9999"], 2, "--client-cpus"),
+        (&["--client-cpus", "0,0"], 2, "listed twice"),
         (&["--seed", "-1"], 2, "-1"),
         (&["-c", "1000000"], 1, "file descriptors"),
         (&["--start-at", "1"], 1, "in the past"),

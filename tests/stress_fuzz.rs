@@ -1,7 +1,9 @@
-//! Property-based fuzzing (proptest) of every parser in the project: the server's size, CPU-list
-//! and duration parsers and its whole command line; echo-bench's size, duration, rate, target,
-//! CPU-list and start-time parsers, its command line and configuration; the message verifier;
-//! and the interval-log reader behind `echo-bench merge`, fed mutated valid logs.
+//! Property-based fuzzing (proptest) of every parser in the project: the shared value parsers
+//! (`echo_units`: sizes, durations, CPU lists, rates); the server's whole command line;
+//! echo-bench's bounded value parsers, target and start-time parsers, its command line and
+//! configuration; that both command lines give a shared value the meaning `echo_units` gives
+//! it; the message verifier; and the interval-log reader behind `echo-bench merge`, fed mutated
+//! valid logs.
 //!
 //! The rule for all of them: any input gives `Ok` or `Err`, never a panic; and where there is
 //! an oracle (a value we generated and printed), the parse gives it back.
@@ -59,67 +61,158 @@ fn parser_input() -> impl Strategy<Value = String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Server parsers.
+// The shared value parsers (echo_units), used by both binaries.
 
-fn server_parsers(cases: u32) {
-    use uring_echo::config::{format_cpu_list, parse_cpu_list, parse_secs, parse_size};
+fn shared_parsers(cases: u32) {
+    use echo_units::{format_cpu_list, parse_cpu_list, parse_duration, parse_rate, parse_size};
+    check("shared parsers (any input)", cases, parser_input(), |s| {
+        // Ok or a one-line error that quotes the input, never a panic.
+        let errors = [
+            parse_size(&s).err(),
+            parse_duration(&s).err(),
+            parse_cpu_list(&s).err(),
+            parse_rate(&s).err(),
+        ];
+        for e in errors.into_iter().flatten() {
+            prop_assert!(!e.contains('\n') && e.contains(&format!("{s:?}")), "{e}");
+        }
+        if let Ok(rate) = parse_rate(&s) {
+            prop_assert!(rate.is_finite() && rate > 0.0, "{s:?} -> {rate}");
+        }
+        Ok(())
+    });
     check(
-        "server parse_size (any input)",
+        "parse_size (oracle)",
         cases,
-        parser_input(),
-        |s| {
-            let _ = parse_size(&s);
-            Ok(())
-        },
-    );
-    check(
-        "server parse_size (oracle)",
-        cases,
-        (0usize..1 << 20, 0usize..4, prop::bool::ANY),
+        (0usize..1 << 20, 0usize..9, prop::bool::ANY),
         |(n, unit, spaced)| {
-            let (suffix, shift) = [("", 0), ("KiB", 10), ("M", 20), ("g", 30)][unit];
+            let (suffix, shift) = [
+                ("", 0),
+                ("B", 0),
+                ("k", 10),
+                ("KiB", 10),
+                ("kb", 10),
+                ("M", 20),
+                ("MB", 20),
+                ("g", 30),
+                ("GiB", 30),
+            ][unit];
             let text = format!("{n}{}{suffix}", if spaced { " " } else { "" });
             prop_assert_eq!(parse_size(&text), Ok(n << shift));
             Ok(())
         },
     );
     check(
-        "server parse_cpu_list (any input)",
-        cases,
-        parser_input(),
-        |s| {
-            let _ = parse_cpu_list(&s);
-            Ok(())
-        },
-    );
-    check(
-        "server parse_cpu_list (round trip)",
+        "parse_cpu_list (round trip)",
         cases,
         prop::collection::btree_set(0usize..1024, 1..40),
         |set| {
             let cpus: Vec<usize> = set.into_iter().collect();
             let text = format_cpu_list(&cpus);
-            prop_assert_eq!(parse_cpu_list(&text).map(|l| l.0), Ok(cpus));
+            prop_assert_eq!(parse_cpu_list(&text).map(|l| l.into_vec()), Ok(cpus));
             Ok(())
         },
     );
     check(
-        "server parse_secs (any input)",
+        "parse_cpu_list (oracle: any order, a repeat is an error)",
         cases,
-        parser_input(),
-        |s| {
-            let _ = parse_secs(&s);
+        prop::collection::vec(0usize..1024, 1..20),
+        |cpus| {
+            let text = cpus
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut want = cpus.clone();
+            want.sort_unstable();
+            want.dedup();
+            let got = parse_cpu_list(&text).map(|l| l.into_vec());
+            if want.len() == cpus.len() {
+                prop_assert_eq!(got, Ok(want));
+            } else {
+                prop_assert!(got.unwrap_err().contains("listed twice"));
+            }
             Ok(())
         },
     );
     check(
-        "server parse_secs (oracle)",
+        "parse_duration (oracle)",
         cases,
         (0u64..1_000_000, 0u32..1000),
         |(secs, ms)| {
-            prop_assert_eq!(parse_secs(&secs.to_string()), Ok(Duration::from_secs(secs)));
+            prop_assert_eq!(
+                parse_duration(&secs.to_string()),
+                Ok(Duration::from_secs(secs))
+            );
             let d = Duration::from_secs(secs) + Duration::from_millis(ms.into());
-            prop_assert_eq!(parse_secs(&format!("{secs}s {ms}ms")), Ok(d));
+            prop_assert_eq!(parse_duration(&format!("{secs}.{ms:03}")), Ok(d));
+            prop_assert_eq!(parse_duration(&format!("{secs}s {ms}ms")), Ok(d));
+            Ok(())
+        },
+    );
+}
+
+/// Inputs for the shared-meaning check: the values the two binaries used to disagree on, plus
+/// the general parser inputs.
+fn shared_value_input() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "2", "0.5", "1G", "64kb", "1 MB", "16KiB", "1,1", "0-3,2", "0-1", "0", "3-1", "1.5k",
+            "-1", "nan", "1e3", "500ms", "2m",
+        ])
+        .prop_map(String::from),
+        parser_input(),
+    ]
+}
+
+/// Both binaries give a size, a duration and a CPU list the meaning `echo_units` gives it: what
+/// the shared parser accepts, each command line accepts with the same value (within that
+/// flag's own bounds), and what it refuses, each command line refuses.
+fn shared_meaning(cases: u32) {
+    use clap::Parser;
+    use echo_bench::cli::{Cli as BenchCli, MAX_DURATION, MAX_MESSAGE_BYTES};
+    use uring_echo::config::Cli as ServerCli;
+    let server = |flag: &str, v: &str| ServerCli::try_parse_from(["uring-echo", flag, v]);
+    let client = |flag: &str, v: &str| BenchCli::try_parse_from(["echo-bench", flag, v, "h:1"]);
+    check(
+        "both command lines, one meaning",
+        cases,
+        shared_value_input(),
+        |v| {
+            // A value that clap would read as a flag never reaches a parser.
+            if v.starts_with('-') {
+                return Ok(());
+            }
+            let size = echo_units::parse_size(&v).ok();
+            prop_assert_eq!(
+                server("--buffer-size", &v).ok().map(|c| c.buffer_size),
+                size
+            );
+            let message = size.filter(|n| (12..=MAX_MESSAGE_BYTES).contains(n));
+            prop_assert_eq!(
+                client("--size", &v).ok().and_then(|c| c.bench.size),
+                message
+            );
+
+            let duration = echo_units::parse_duration(&v).ok();
+            prop_assert_eq!(
+                server("--drain-timeout", &v).ok().map(|c| c.drain_timeout),
+                duration
+            );
+            let bounded = duration.filter(|d| *d <= MAX_DURATION);
+            prop_assert_eq!(
+                client("--warmup", &v).ok().and_then(|c| c.bench.warmup),
+                bounded
+            );
+
+            let cpus = echo_units::parse_cpu_list(&v).ok();
+            prop_assert_eq!(server("--cpus", &v).ok().and_then(|c| c.cpus), cpus.clone());
+            prop_assert_eq!(
+                client("--client-cpus", &v)
+                    .ok()
+                    .and_then(|c| c.bench.client_cpus),
+                cpus
+            );
             Ok(())
         },
     );
@@ -129,10 +222,9 @@ fn server_parsers(cases: u32) {
 fn server_argv() -> impl Strategy<Value = Vec<String>> {
     let extra = ["--help", "--version", "-h", "--nonsense"];
     let flag = prop::sample::select(
-        common::SERVER_FLAGS
-            .iter()
-            .chain(extra.iter())
-            .copied()
+        common::server_flags()
+            .into_iter()
+            .chain(extra.map(String::from))
             .collect::<Vec<_>>(),
     );
     let value = prop_oneof![
@@ -157,7 +249,7 @@ fn server_argv() -> impl Strategy<Value = Vec<String>> {
         .prop_map(String::from),
         parser_input(),
     ];
-    prop::collection::vec(prop_oneof![flag.prop_map(String::from), value], 0..10)
+    prop::collection::vec(prop_oneof![flag, value], 0..10)
 }
 
 fn server_command_line(cases: u32) {
@@ -190,25 +282,13 @@ fn client_parsers(cases: u32) {
             let _ = parse_duration(&s);
             let _ = parse_nonzero_duration(&s);
             let _ = parse_interval(&s);
-            let _ = parse_size(&s);
             let _ = parse_message_size(&s);
             if let Ok(rate) = parse_rate(&s) {
-                prop_assert!(rate.is_finite() && rate > 0.0, "{s:?} -> {rate}");
+                prop_assert!((MIN_RATE..=MAX_RATE).contains(&rate), "{s:?} -> {rate}");
             }
-            let _ = parse_cpu_list(&s);
             let _ = parse_target(&s);
             // Used to panic on huge Unix times (found by this target, fixed in fca901e).
             let _ = parse_start_at(&s);
-            Ok(())
-        },
-    );
-    check(
-        "client parse_size (oracle)",
-        cases,
-        (0usize..1 << 30, 0usize..4),
-        |(n, unit)| {
-            let (suffix, shift) = [("", 0), ("k", 10), ("KiB", 10), ("MiB", 20)][unit];
-            prop_assert_eq!(parse_size(&format!("{n}{suffix}")), Ok(n << shift));
             Ok(())
         },
     );
@@ -221,23 +301,6 @@ fn client_parsers(cases: u32) {
             let t = parse_target(&text).map_err(TestCaseError::fail)?;
             prop_assert_eq!(t.port, port);
             prop_assert_eq!(t.host.parse::<std::net::IpAddr>().ok(), Some(ip));
-            Ok(())
-        },
-    );
-    check(
-        "client parse_cpu_list (oracle)",
-        cases,
-        prop::collection::vec(0usize..1024, 1..20),
-        |cpus| {
-            let text = cpus
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut want = cpus.clone();
-            want.sort_unstable();
-            want.dedup();
-            prop_assert_eq!(parse_cpu_list(&text).map(|l| l.0), Ok(want));
             Ok(())
         },
     );
@@ -529,8 +592,13 @@ fn merge_reader(cases: u32) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn fuzz_server_parsers() {
-    server_parsers(FAST_CASES);
+fn fuzz_shared_parsers() {
+    shared_parsers(FAST_CASES);
+}
+
+#[test]
+fn fuzz_shared_meaning_on_both_command_lines() {
+    shared_meaning(FAST_CASES);
 }
 
 #[test]
@@ -562,7 +630,8 @@ fn fuzz_merge_reader() {
 #[ignore = "long run: bench/stress.sh"]
 fn fuzz_long_all_targets() {
     let cases = long_cases();
-    server_parsers(cases);
+    shared_parsers(cases);
+    shared_meaning(cases);
     server_command_line(cases);
     client_parsers(cases);
     client_command_line(cases);

@@ -1,8 +1,10 @@
 //! Command-line flags (clap derive) and their value parsers.
 //!
 //! [`Cli`] is the raw, syntactically checked command line; [`crate::config`] turns it into a
-//! validated configuration. Value parsers live here so that every malformed value (`-c 0`,
-//! `-d banana`, `--size 4`) is rejected by clap with exit code 2 before anything runs.
+//! validated configuration. Value parsers are wired here so that every malformed value (`-c 0`,
+//! `-d banana`, `--size 4`) is rejected by clap with exit code 2 before anything runs. Sizes,
+//! durations, CPU lists and rates are read by `echo_units`, which the server uses too, so a value
+//! means the same on both command lines; the functions here only add echo-bench's own bounds.
 //! [`parse_args`] shortens clap's multi-line errors to the one line the rest of the tool uses.
 
 use std::ffi::OsString;
@@ -11,6 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use echo_units::{parse_cpu_list, CpuList};
 
 use crate::message::HEADER_BYTES;
 
@@ -49,7 +52,9 @@ Examples:
     echo-bench --rate 50k --arrival poisson --hlog run.hlog --plot run.svg [::1]:7000
     echo-bench --rounds 7 --spawn 'uring-echo --runtime uring --listen 127.0.0.1:0' \\
                --spawn 'uring-echo --runtime epoll --listen 127.0.0.1:0' --name uring --name epoll
-    echo-bench merge host1.hlog host2.hlog --hgrm total.hgrm";
+    echo-bench merge host1.hlog host2.hlog --hgrm total.hgrm
+    echo-bench slo --max-latency 500us --plot curve.svg --spawn 'uring-echo --listen 127.0.0.1:0'
+    echo-bench compare monday.json tuesday.json";
 
 /// echo-bench: verify and measure TCP echo servers.
 #[derive(Debug, Parser)]
@@ -81,6 +86,67 @@ pub enum Command {
     /// Values are taken to be nanoseconds, as echo-bench writes them. A corrupted or truncated
     /// file is an error (exit 1).
     Merge(MergeArgs),
+    /// Find the highest rate at which each target meets a latency SLO.
+    ///
+    /// Per target, searches the highest offered rate (open loop) at which the --quantile of
+    /// the latency, measured from each message's intended send time, stays at or below
+    /// --max-latency. Each probed rate gets repeated short trials (-d each, 1s by default,
+    /// after --warmup, 250ms by default): a rate passes when --passes of --trials valid trials
+    /// pass and fails when so many fail that it cannot; a trial in which the client was the
+    /// bottleneck is invalid and counts for neither. The result is a lower bound (highest rate
+    /// shown to pass) and an upper bound (lowest rate shown to fail). The search starts at the
+    /// rate a closed-loop probe reaches (or --start-rate), brackets, then bisects until the
+    /// bounds are within --precision, or --max-time runs out (said loudly). Several targets
+    /// are searched interleaved, one trial each in a shuffled order, and their bounds compared.
+    /// Exit status 1 when a trial had errors or a target got no bound at all.
+    Slo(Box<SloArgs>),
+    /// Compare saved JSON reports (of runs, or of slo searches).
+    ///
+    /// Runs: the targets of all files are compared against the first one with the same
+    /// per-round statistics as a live comparison (rounds paired by number). Searches: the SLO
+    /// bounds are compared. Every difference of configuration, host, kernel or server features
+    /// between the files (and of server features between targets) is a warning line.
+    Compare(CompareArgs),
+}
+
+/// Flags of `echo-bench slo`.
+#[derive(Debug, Args)]
+pub struct SloArgs {
+    /// The SLO's latency bound (e.g. 500us, 2ms): met when the --quantile of the latency from
+    /// the intended send time is at most this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub max_latency: Duration,
+    /// The SLO's percentile (e.g. 99, 99.9, 50).
+    #[arg(long, value_name = "PERCENT", default_value = "99", value_parser = parse_quantile)]
+    pub quantile: f64,
+    /// Stop when the bounds are this close: (upper - lower) / upper, as a fraction or a
+    /// percentage (0.05, 5%).
+    #[arg(long, value_name = "WIDTH", default_value = "5%", value_parser = parse_precision)]
+    pub precision: f64,
+    /// Time budget of the whole search (all targets); the search stops, and says so, when the
+    /// next trial would not fit.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_nonzero_duration)]
+    pub max_time: Duration,
+    /// First rate to probe, instead of the rate a closed-loop probe of each target reaches.
+    #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
+    pub start_rate: Option<f64>,
+    /// Valid trials that may be needed to decide a rate (n).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_positive)]
+    pub trials: usize,
+    /// Passing trials that make a rate pass (k of n); a rate fails once n - k + 1 trials failed.
+    #[arg(long, value_name = "K", default_value_t = 2, value_parser = parse_positive)]
+    pub passes: usize,
+    /// Load flags, as for a benchmark run (not --rate, --rounds, --start-at, --hgrm, --hlog).
+    #[command(flatten)]
+    pub load: BenchArgs,
+}
+
+/// Flags of `echo-bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// JSON reports written with --json; ratios are against the first target of the first.
+    #[arg(value_name = "FILE.json", required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Flags of `echo-bench merge`.
@@ -105,7 +171,7 @@ pub struct MergeArgs {
 }
 
 /// Open-loop arrival process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arrival {
     /// Evenly spaced sends (connections phase-shifted so the total is evenly spaced too).
@@ -125,10 +191,6 @@ pub struct TargetSpec {
     pub port: u16,
 }
 
-/// A parsed CPU list (`0`, `0-3`, `0,2,4-7`), sorted, without duplicates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuList(pub Vec<usize>);
-
 /// Benchmark flags.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -143,18 +205,18 @@ pub struct BenchArgs {
     #[arg(short = 'c', long, value_name = "N", value_parser = parse_positive)]
     pub connections: Option<usize>,
 
-    /// Measured duration of each run, e.g. 500ms, 10s, 1m [default: 10s; 2s in the default
-    /// comparison].
+    /// Measured duration of each run, e.g. 500ms, 10s, 1m; a bare number is seconds [default:
+    /// 10s; 2s in the default comparison; 1s per slo trial].
     #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub duration: Option<Duration>,
 
     /// Warmup before each measured run; messages completing during it are not recorded
-    /// [default: 1s; 500ms in the default comparison].
+    /// [default: 1s; 500ms in the default comparison; 250ms per slo trial].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
 
-    /// Message size in bytes: 64, 1KiB, 4k (k, K, KiB = 1024; M, MiB = 1024²). At least 12
-    /// (the header: connection id and sequence number) [default: 128].
+    /// Message size in bytes: 64, 1KiB, 4k (every unit is binary: k, KB, KiB = 1024; M, MB,
+    /// MiB = 1024²). At least 12 (the header: connection id and sequence number) [default: 128].
     #[arg(short = 's', long, value_name = "BYTES", value_parser = parse_message_size)]
     pub size: Option<usize>,
 
@@ -176,7 +238,7 @@ pub struct BenchArgs {
     pub busy_poll: bool,
 
     /// Open loop: total messages per second over all connections of a target (10000, 10k,
-    /// 1.5M; 0.001 to 1e9). Latency is then measured from each message's intended send time (corrected for
+    /// 1.5M; 0.001 to 1e9; k and M are decimal here, unlike in sizes: 10k = 10000). Latency is then measured from each message's intended send time (corrected for
     /// coordinated omission) and, separately, from its actual send time (service time).
     #[arg(long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
@@ -201,7 +263,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
 
-    /// Interval of the --hlog histograms (at least 1ms).
+    /// Interval of the --hlog histograms and of the open-loop check of intended vs achieved
+    /// rate per interval (at least 1ms; the rate check widens it so that a run has at most
+    /// 10,000 intervals).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
 
@@ -245,13 +309,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub rounds: Option<usize>,
 
-    /// Pin spawned servers to these CPUs (e.g. 0 or 0-1) [default comparison: the first
-    /// allowed CPU, when there are at least two].
+    /// Pin spawned servers to these CPUs (e.g. 0 or 0-1; a CPU listed twice is an error)
+    /// [default comparison: the first allowed CPU, when there are at least two].
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub server_cpus: Option<CpuList>,
 
-    /// Pin the client threads to these CPUs, thread i to the i-th CPU of the list (round
-    /// robin) [default comparison: the second allowed CPU, when there are at least two].
+    /// Pin the client threads to these CPUs, thread i to the i-th CPU of the list in ascending
+    /// order (round robin) [default comparison: the second allowed CPU, when there are at least
+    /// two].
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub client_cpus: Option<CpuList>,
 
@@ -315,14 +380,11 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Parse a human duration (`500ms`, `10s`, `1m30s`); `0` and `0s` are allowed, more than
-/// [`MAX_DURATION`] is refused (so that nanosecond arithmetic on it can never overflow).
+/// Parse a duration ([`echo_units::parse_duration`]: `2` = 2 s, `0.5`, `500ms`, `1m30s`);
+/// zero is allowed, more than [`MAX_DURATION`] is refused (so that nanosecond arithmetic on it
+/// can never overflow).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("expected a duration like 500ms, 10s or 1m ({e})"))?;
+    let d = echo_units::parse_duration(s)?;
     if d > MAX_DURATION {
         return Err("must be at most 365 days".into());
     }
@@ -347,34 +409,9 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parse a byte size: a number with an optional binary unit (`B`, `k`/`K`/`KiB`, `M`/`MiB`).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!("expected a size like 64, 1KiB or 4k, got '{s}'"));
-    }
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("size '{s}' is too large"))?;
-    let mult: usize = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "k" | "K" | "KiB" | "kiB" | "Ki" => 1 << 10,
-        "m" | "M" | "MiB" | "Mi" => 1 << 20,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' (use B, k/KiB = 1024 or M/MiB = 1024²)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))
-}
-
-/// Parse `--size`: [`parse_size`] plus the header minimum and [`MAX_MESSAGE_BYTES`].
+/// Parse `--size`: [`echo_units::parse_size`] plus the header minimum and [`MAX_MESSAGE_BYTES`].
 pub fn parse_message_size(s: &str) -> Result<usize, String> {
-    let n = parse_size(s)?;
+    let n = echo_units::parse_size(s)?;
     if n < HEADER_BYTES {
         return Err(format!(
             "must be at least {HEADER_BYTES} bytes (the message header: connection id and sequence number)"
@@ -386,24 +423,10 @@ pub fn parse_message_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Parse a rate in messages per second: a positive number with optional decimal suffix
-/// (`k` = 1000, `M` = 1,000,000).
+/// Parse `--rate`: [`echo_units::parse_rate`] (decimal suffixes: `10k` = 10000) within
+/// [`MIN_RATE`]..=[`MAX_RATE`].
 pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix(['k', 'K']) {
-        (n, 1e3)
-    } else if let Some(n) = t.strip_suffix('M') {
-        (n, 1e6)
-    } else {
-        (t, 1.0)
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("expected messages per second like 1000, 10k or 1.5M, got '{s}'"))?;
-    let v = v * mult;
-    if !v.is_finite() || v <= 0.0 {
-        return Err("must be greater than zero".into());
-    }
+    let v = echo_units::parse_rate(s)?;
     if v > MAX_RATE {
         return Err(format!("must be at most {MAX_RATE:.0} messages per second"));
     }
@@ -413,37 +436,35 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Parse a CPU list: comma-separated CPUs and inclusive ranges (`0`, `0-3`, `0,2,4-7`).
-pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
-    let mut cpus = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err(format!("empty entry in CPU list '{s}'"));
-        }
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let parse = |x: &str| -> Result<usize, String> {
-            x.parse::<usize>()
-                .map_err(|_| format!("expected CPU numbers like 0, 0-3 or 0,2,4-7, got '{s}'"))
-        };
-        let (lo, hi) = (parse(lo)?, parse(hi)?);
-        if lo > hi {
-            return Err(format!("CPU range '{part}' is reversed"));
-        }
-        if hi >= libc::CPU_SETSIZE as usize {
-            return Err(format!(
-                "CPU {hi} is beyond the maximum {}",
-                libc::CPU_SETSIZE - 1
-            ));
-        }
-        cpus.extend(lo..=hi);
+/// Parse a percentile in (0, 100): `99`, `99.9`, `p99.9`.
+pub fn parse_quantile(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v: f64 = t
+        .strip_prefix(['p', 'P'])
+        .unwrap_or(t)
+        .parse()
+        .map_err(|_| format!("expected a percentile like 99 or 99.9, got '{s}'"))?;
+    if !(v > 0.0 && v < 100.0) {
+        return Err("must be between 0 and 100 (exclusive)".into());
     }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(CpuList(cpus))
+    Ok(v)
+}
+
+/// Parse a relative width: a fraction in (0, 1) or a percentage (`0.05`, `5%`).
+pub fn parse_precision(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (t, 1.0),
+    };
+    let v =
+        num.trim().parse::<f64>().map_err(|_| {
+            format!("expected a fraction like 0.05 or a percentage like 5%, got '{s}'")
+        })? * scale;
+    if !(v > 0.0 && v < 1.0) {
+        return Err("must be between 0 and 1 (0% and 100%), exclusive".into());
+    }
+    Ok(v)
 }
 
 /// Parse a `host:port` target (IPv6 in brackets).
@@ -509,67 +530,111 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64"), Ok(64));
-        assert_eq!(parse_size("64B"), Ok(64));
-        assert_eq!(parse_size("1KiB"), Ok(1024));
-        assert_eq!(parse_size("4k"), Ok(4096));
-        assert_eq!(parse_size("4K"), Ok(4096));
-        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("KiB").is_err());
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("-5").is_err());
-        assert!(parse_size("99999999999999999999999").is_err());
+    fn message_sizes() {
+        assert_eq!(parse_message_size("12"), Ok(12));
+        assert_eq!(parse_message_size("4k"), Ok(4096));
+        assert_eq!(parse_message_size("64MiB"), Ok(MAX_MESSAGE_BYTES));
         assert!(parse_message_size("0").unwrap_err().contains("at least 12"));
         assert!(parse_message_size("11").is_err());
-        assert_eq!(parse_message_size("12"), Ok(12));
-        assert!(parse_message_size("65M").is_err());
+        assert!(parse_message_size("65M")
+            .unwrap_err()
+            .contains("at most 64 MiB"));
+        assert!(parse_message_size("1G")
+            .unwrap_err()
+            .contains("at most 64 MiB"));
+        assert!(parse_message_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    fn duration_bounds() {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("banana").is_err());
-        assert!(parse_duration("10").is_err());
-        assert!(parse_nonzero_duration("0s").is_err());
-        assert!(parse_duration("100000000y").is_err());
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("365days"), Ok(MAX_DURATION));
-    }
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("1000"), Ok(1000.0));
-        assert_eq!(parse_rate("10k"), Ok(10_000.0));
-        assert_eq!(parse_rate("1.5M"), Ok(1_500_000.0));
-        assert_eq!(parse_rate("2.5"), Ok(2.5));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("-1").is_err());
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("inf").is_err());
-        assert!(parse_rate("2000M").is_err());
-        assert!(parse_rate("1e-300").is_err());
-        assert_eq!(parse_rate("0.001"), Ok(0.001));
+        assert!(parse_duration("365days 1s")
+            .unwrap_err()
+            .contains("at most 365 days"));
+        assert!(parse_duration("100000000y").is_err());
+        assert!(parse_duration("banana").is_err());
+        assert!(parse_nonzero_duration("0s").is_err());
+        assert!(parse_nonzero_duration("0").is_err());
         assert_eq!(parse_interval("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_interval("0.001"), Ok(Duration::from_millis(1)));
         assert!(parse_interval("1ns").is_err());
         assert!(parse_interval("999us").is_err());
     }
 
     #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0"), Ok(CpuList(vec![0])));
-        assert_eq!(parse_cpu_list("0-3"), Ok(CpuList(vec![0, 1, 2, 3])));
-        assert_eq!(parse_cpu_list("4-5,0,2"), Ok(CpuList(vec![0, 2, 4, 5])));
-        assert_eq!(parse_cpu_list("1,1,1"), Ok(CpuList(vec![1])));
-        assert!(parse_cpu_list("").is_err());
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("a").is_err());
-        assert!(parse_cpu_list("0,,1").is_err());
-        assert!(parse_cpu_list("5000").is_err());
+    fn rate_bounds() {
+        assert_eq!(parse_rate("10k"), Ok(10_000.0));
+        assert_eq!(parse_rate("0.001"), Ok(MIN_RATE));
+        assert_eq!(parse_rate("1000M"), Ok(MAX_RATE));
+        assert!(parse_rate("2000M").unwrap_err().contains("at most"));
+        assert!(parse_rate("1e-300").unwrap_err().contains("at least"));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    /// The values that used to mean something else (or nothing) to echo-bench than to the
+    /// server, through echo-bench's own command line.
+    #[test]
+    fn shared_meanings_on_the_command_line() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["echo-bench"].iter().chain(args).chain(&["127.0.0.1:1"]))
+        };
+        let cli = parse(&["-d", "2", "--warmup", "0.5", "-s", "1kb"]).unwrap();
+        assert_eq!(cli.bench.duration, Some(Duration::from_secs(2)));
+        assert_eq!(cli.bench.warmup, Some(Duration::from_millis(500)));
+        assert_eq!(cli.bench.size, Some(1024));
+        let cli = parse(&["--server-cpus", "0-1", "--client-cpus", "2"]).unwrap();
+        assert_eq!(cli.bench.server_cpus.unwrap().as_slice(), &[0, 1]);
+        let e = parse(&["--client-cpus", "1,1"]).unwrap_err();
+        let line = one_line_error(&e.to_string());
+        assert!(line.contains("CPU 1 is listed twice"), "{line}");
+    }
+
+    #[test]
+    fn quantiles_and_precisions() {
+        assert_eq!(parse_quantile("99"), Ok(99.0));
+        assert_eq!(parse_quantile("p99.9"), Ok(99.9));
+        assert!(parse_quantile("100").is_err());
+        assert!(parse_quantile("0").is_err());
+        assert!(parse_quantile("high").is_err());
+        assert_eq!(parse_precision("5%"), Ok(0.05));
+        assert_eq!(parse_precision("0.1"), Ok(0.1));
+        assert!(parse_precision("5").is_err());
+        assert!(parse_precision("0").is_err());
+        assert!(parse_precision("100%").is_err());
+    }
+
+    #[test]
+    fn slo_and_compare_subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "echo-bench",
+            "slo",
+            "--max-latency",
+            "500us",
+            "--quantile",
+            "99.9",
+            "-c",
+            "4",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Slo(a)) => {
+                assert_eq!(a.max_latency, Duration::from_micros(500));
+                assert_eq!(a.quantile, 99.9);
+                assert_eq!((a.trials, a.passes, a.precision), (3, 2, 0.05));
+                assert_eq!(a.load.connections, Some(4));
+                assert_eq!(a.load.targets.len(), 1);
+            }
+            _ => panic!("slo not parsed"),
+        }
+        assert!(Cli::try_parse_from(["echo-bench", "slo", "127.0.0.1:1"]).is_err());
+        let cli = Cli::try_parse_from(["echo-bench", "compare", "a.json", "b.json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Compare(c)) if c.files.len() == 2));
     }
 
     #[test]
@@ -634,7 +699,7 @@ mod tests {
                 assert_eq!(m.files.len(), 2);
                 assert_eq!(m.hgrm, Some(PathBuf::from("x")));
             }
-            None => panic!("merge not parsed"),
+            _ => panic!("merge not parsed"),
         }
         let cli = Cli::try_parse_from(["echo-bench", "-c", "3", "127.0.0.1:1", "[::1]:2"]).unwrap();
         assert!(cli.command.is_none());

@@ -17,6 +17,8 @@ use crate::host;
 pub const MAX_START_AT_AHEAD: Duration = Duration::from_secs(24 * 3600);
 /// Most interval histograms one `--hlog` run may produce (per target).
 pub const MAX_INTERVALS: u64 = 1_000_000;
+/// Most rate intervals per run: longer runs get longer rate intervals than `--interval`.
+pub const MAX_RATE_INTERVALS: u64 = 10_000;
 /// Default connections per target.
 pub const DEFAULT_CONNECTIONS: usize = 50;
 /// Default message size.
@@ -65,6 +67,15 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// Interval-log granularity, when an interval log is wanted.
     pub interval: Option<Duration>,
+    /// Open loop: granularity of the intended-vs-achieved rate check (`--interval`, widened so
+    /// that a run has at most [`MAX_RATE_INTERVALS`]).
+    pub rate_interval: Duration,
+    /// Open loop: count messages left incomplete at the deadline that were due more than this
+    /// long before it (set by `slo` to its latency bound).
+    pub overdue_after: Option<Duration>,
+    /// Open loop: the send-lateness p99 limit is at most this (set by `slo`: a share of its
+    /// latency bound, so that the client's own lateness cannot decide a verdict).
+    pub lateness_cap: Option<Duration>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Client threads never sleep.
@@ -196,8 +207,8 @@ impl BenchConfig {
         let default_comparison = args.targets.is_empty() && args.spawn.is_empty();
         let allowed = host::allowed_cpus().unwrap_or_default();
 
-        let mut server_cpus = args.server_cpus.as_ref().map(|c| c.0.clone());
-        let mut client_cpus = args.client_cpus.as_ref().map(|c| c.0.clone());
+        let mut server_cpus = args.server_cpus.as_ref().map(|c| c.as_slice().to_vec());
+        let mut client_cpus = args.client_cpus.as_ref().map(|c| c.as_slice().to_vec());
         if default_comparison
             && server_cpus.is_none()
             && client_cpus.is_none()
@@ -363,6 +374,9 @@ impl BenchConfig {
                 warmup,
                 duration,
                 interval: args.hlog.as_ref().map(|_| args.interval),
+                rate_interval: rate_interval(args.interval, duration),
+                overdue_after: None,
+                lateness_cap: None,
                 connect_timeout: args.connect_timeout,
                 busy_poll: args.busy_poll,
                 seed: args.seed,
@@ -408,6 +422,13 @@ impl BenchConfig {
         }
         paths
     }
+}
+
+/// `interval`, or longer when `duration` would hold more than [`MAX_RATE_INTERVALS`] of it.
+pub fn rate_interval(interval: Duration, duration: Duration) -> Duration {
+    let shortest =
+        Duration::from_nanos(crate::clock::duration_to_ns(duration).div_ceil(MAX_RATE_INTERVALS));
+    interval.max(shortest)
 }
 
 /// Refuse to overwrite existing files unless `force`.
@@ -500,6 +521,24 @@ mod tests {
         }
         assert_eq!(c.targets[0].name, "spawn1");
         assert!(config(&["--spawn", "srv 'unterminated"]).is_err());
+    }
+
+    #[test]
+    fn rate_intervals_are_bounded_in_number() {
+        let s = Duration::from_secs;
+        assert_eq!(rate_interval(s(1), s(10)), s(1));
+        assert_eq!(rate_interval(s(1), s(100_000)), s(10));
+        let c = config(&[
+            "--rate",
+            "10",
+            "--interval",
+            "100ms",
+            "-d",
+            "2s",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        assert_eq!(c.load.rate_interval, Duration::from_millis(100));
     }
 
     #[test]

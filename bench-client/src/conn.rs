@@ -66,10 +66,12 @@ pub struct ThreadShared {
 }
 
 /// When each message of one connection is intended to be sent (open loop).
+#[derive(Clone)]
 pub struct Arrivals {
     kind: ArrivalKind,
 }
 
+#[derive(Clone)]
 enum ArrivalKind {
     Constant {
         t0_ns: u64,
@@ -123,25 +125,42 @@ impl Arrivals {
     /// How many intended send times fall before `end_ns`, counting `next_ns` (already taken
     /// from the schedule) and the ones after it. Exact for constant arrivals; for Poisson
     /// arrivals exact up to 1,000,000 messages and extrapolated at the mean rate beyond.
+    /// Consumes the schedule.
     pub fn count_before(&mut self, next_ns: u64, end_ns: u64) -> u64 {
+        self.count_due(next_ns, end_ns, &mut DueGrid::none())
+    }
+
+    /// Like [`Self::count_before`], also adding each counted time that falls in the grid's
+    /// span into its interval's count.
+    pub fn count_due(&mut self, next_ns: u64, end_ns: u64, grid: &mut DueGrid<'_>) -> u64 {
         if next_ns >= end_ns {
             return 0;
         }
+        grid.add_at(next_ns, 1);
         match &mut self.kind {
             ArrivalKind::Constant {
                 t0_ns,
                 period_ns,
                 k,
             } => {
-                // `next_ns` itself, plus the indices k, k+1, ... with (k + m) * period < end - t0.
-                let remaining = ((end_ns - *t0_ns) as f64 / *period_ns - *k).ceil().max(0.0);
-                1 + remaining as u64
+                let (t0, period, k) = (*t0_ns, *period_ns, *k);
+                // Schedule points after `next_ns` (indices k, k+1, ...) that fall before `x`.
+                let before = |x: u64| -> u64 {
+                    if x <= t0 {
+                        0
+                    } else {
+                        ((x - t0) as f64 / period - k).ceil().max(0.0) as u64
+                    }
+                };
+                grid.add_counts(end_ns, before);
+                1 + before(end_ns)
             }
             ArrivalKind::Poisson { .. } => {
                 const CAP: u64 = 1_000_000;
                 let mut count = 1;
                 let mut t = self.next_ns();
                 while t < end_ns && count < CAP {
+                    grid.add_at(t, 1);
                     count += 1;
                     t = self.next_ns();
                 }
@@ -149,7 +168,11 @@ impl Arrivals {
                     let ArrivalKind::Poisson { period_ns, .. } = &self.kind else {
                         unreachable!("checked above")
                     };
-                    count += ((end_ns - t) as f64 / *period_ns) as u64;
+                    // Beyond the cap: the mean rate, spread evenly over the rest.
+                    let period = *period_ns;
+                    let before = |x: u64| -> u64 { (x.saturating_sub(t) as f64 / period) as u64 };
+                    grid.add_counts(end_ns, before);
+                    count += before(end_ns);
                 }
                 count
             }
@@ -179,12 +202,65 @@ impl Arrivals {
     }
 }
 
+/// Where [`Arrivals::count_due`] adds the intended times it counts: intervals of
+/// `interval_ns` from `from_ns` (the measured window's start), one count per interval.
+pub struct DueGrid<'a> {
+    from_ns: u64,
+    interval_ns: u64,
+    counts: &'a mut [u64],
+}
+
+impl<'a> DueGrid<'a> {
+    /// A grid of `counts.len()` intervals of `interval_ns` starting at `from_ns`.
+    pub fn new(from_ns: u64, interval_ns: u64, counts: &'a mut [u64]) -> DueGrid<'a> {
+        DueGrid {
+            from_ns,
+            interval_ns: interval_ns.max(1),
+            counts,
+        }
+    }
+
+    /// No grid: only the total is wanted.
+    pub fn none() -> DueGrid<'static> {
+        DueGrid {
+            from_ns: 0,
+            interval_ns: 1,
+            counts: &mut [],
+        }
+    }
+
+    fn add_at(&mut self, t: u64, n: u64) {
+        if t >= self.from_ns {
+            let idx = (t - self.from_ns) / self.interval_ns;
+            if let Some(c) = self.counts.get_mut(idx as usize) {
+                *c += n;
+            }
+        }
+    }
+
+    /// Add, per interval `[a, b)` (cut at `end_ns`), `before(b) - before(a)`: `before(x)`
+    /// counts the schedule points before `x`.
+    fn add_counts(&mut self, end_ns: u64, before: impl Fn(u64) -> u64) {
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            let a = self.from_ns + i as u64 * self.interval_ns;
+            if a >= end_ns {
+                break;
+            }
+            let b = (a + self.interval_ns).min(end_ns);
+            *c += before(b) - before(a);
+        }
+    }
+}
+
 /// How a connection generates load.
 pub struct Load {
     /// At most this many messages outstanding (sent, echo not complete).
     pub pipeline: usize,
     /// Open loop: the send schedule; `None` is the closed loop (send as soon as allowed).
     pub arrivals: Option<Arrivals>,
+    /// Open loop: count the messages not completed by the deadline that were due more than
+    /// this long before it ([`ConnOutcome::overdue`]).
+    pub overdue_after_ns: Option<u64>,
 }
 
 /// What one connection did.
@@ -196,6 +272,11 @@ pub struct ConnOutcome {
     pub aborted: u64,
     /// Open loop: messages due before the deadline but never sent (the connection was behind).
     pub unsent: u64,
+    /// Open loop with [`Load::overdue_after_ns`]: aborted or unsent messages that were due more
+    /// than that long before the deadline (their latency, had they completed, would exceed it).
+    pub overdue: u64,
+    /// Those of `overdue` that were due inside the measured window.
+    pub overdue_in_window: u64,
     /// Why the connection stopped early, if it did.
     pub error: Option<ConnError>,
 }
@@ -232,6 +313,10 @@ pub async fn drive(
         None => window.t0_ns,
     };
     let mut pacer_due = u64::MAX;
+    // Send lateness is the client's only for messages that became due while the connection had
+    // room to send: `held` is set while the pipeline or the staging buffer is full, `free_ns`
+    // is when room was seen again.
+    let (mut held, mut free_ns) = (false, 0u64);
 
     let deadline = tokio::time::sleep(std::time::Duration::from_nanos(
         window.end_ns.saturating_sub(now_ns()),
@@ -272,14 +357,24 @@ pub async fn drive(
             // Admit and stage new messages.
             loop {
                 if gen_seq != admitted || wlen >= wcap || (admitted - rx_seq) as usize >= pipeline {
+                    held = true;
                     break;
                 }
                 match &mut load.arrivals {
                     None => times.push_back((now, now)),
                     Some(arrivals) => {
+                        if held {
+                            held = false;
+                            free_ns = now;
+                        }
                         if next_intended > now {
                             break;
                         }
+                        shared.recorder.borrow_mut().record_send(
+                            next_intended,
+                            now,
+                            next_intended >= free_ns,
+                        );
                         times.push_back((next_intended, now));
                         next_intended = arrivals.next_ns();
                     }
@@ -427,7 +522,29 @@ pub async fn drive(
             .await;
             outcome.aborted = admitted - rx_seq;
             if let Some(arrivals) = &mut load.arrivals {
-                outcome.unsent = arrivals.count_before(next_intended, window.end_ns);
+                if let Some(bound) = load.overdue_after_ns {
+                    let due_by = window.end_ns.saturating_sub(bound);
+                    let from = window.measure_start_ns;
+                    let late = times.iter().filter(|(i, _)| *i < due_by);
+                    let mut in_window = [late.clone().filter(|(i, _)| *i >= from).count() as u64];
+                    let late_in_flight = late.count() as u64;
+                    let span = due_by.saturating_sub(from).max(1);
+                    let grid = &mut DueGrid::new(from, span, &mut in_window);
+                    let late_unsent = arrivals.clone().count_due(next_intended, due_by, grid);
+                    outcome.overdue = late_in_flight + late_unsent;
+                    outcome.overdue_in_window = in_window[0];
+                }
+                let mut rec = shared.recorder.borrow_mut();
+                outcome.unsent = match rec.rate_grid() {
+                    Some((w, interval_ns, n)) => {
+                        let mut counts = vec![0u64; n];
+                        let grid = &mut DueGrid::new(w.measure_start_ns, interval_ns, &mut counts);
+                        let unsent = arrivals.count_due(next_intended, window.end_ns, grid);
+                        rec.record_unsent(&counts);
+                        unsent
+                    }
+                    None => arrivals.count_before(next_intended, window.end_ns),
+                };
             }
         }
         Err(e) => outcome.error = Some(e),
@@ -496,6 +613,37 @@ mod tests {
         let mut a = Arrivals::new(Arrival::Constant, 0, 1e9, 0, 1, 1);
         let first = a.next_ns();
         assert_eq!(a.count_before(first, 3_600_000_000_000), 3_600_000_000_000);
+    }
+
+    #[test]
+    fn due_times_are_counted_into_their_intervals() {
+        for arrival in [Arrival::Constant, Arrival::Poisson] {
+            let (from, interval, end) = (40_000_000u64, 7_000_000u64, 100_000_000u64);
+            let mut a = Arrivals::new(arrival, 1_000, 3000.0, 1, 3, 5);
+            let mut b = Arrivals::new(arrival, 1_000, 3000.0, 1, 3, 5);
+            let next = a.next_ns();
+            b.next_ns();
+            let mut counts = vec![0u64; 9];
+            let total = a.count_due(next, end, &mut DueGrid::new(from, interval, &mut counts));
+            // the same by walking the schedule
+            let mut expected = vec![0u64; 9];
+            let (mut n, mut t) = (0, next);
+            while t < end {
+                n += 1;
+                if t >= from {
+                    expected[((t - from) / interval) as usize] += 1;
+                }
+                t = b.next_ns();
+            }
+            assert_eq!(total, n, "{arrival:?}");
+            for (got, want) in counts.iter().zip(&expected) {
+                assert!(
+                    got.abs_diff(*want) <= 1,
+                    "{arrival:?}: {counts:?} vs {expected:?}"
+                );
+            }
+            assert_eq!(counts.iter().sum::<u64>(), expected.iter().sum::<u64>());
+        }
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Facts about the machine and the few Linux calls the bench needs: CPU affinity, process CPU
-//! time (`/proc/<pid>/stat`, own `getrusage`), the file-descriptor limit, and host metadata
-//! (kernel, CPU model) that every saved result must carry to be interpretable later.
+//! time (`/proc/<pid>/stat`, own `getrusage`), per-thread CPU and run-queue time
+//! (`/proc/self/task/<tid>/schedstat`), the file-descriptor limit, and host metadata (kernel,
+//! CPU model) that every saved result must carry to be interpretable later.
 
 use std::io;
 
 use anyhow::{bail, Context};
-use serde::Serialize;
+use echo_units::format_cpu_list;
+use serde::{Deserialize, Serialize};
 
 /// Host metadata recorded in the JSON report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     /// `gethostname`.
     pub hostname: String,
@@ -127,30 +129,6 @@ pub fn check_cpus(flag: &str, cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Format a CPU list compactly (`0-3,6`).
-pub fn format_cpu_list(cpus: &[usize]) -> String {
-    let mut sorted = cpus.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        let mut end = start;
-        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
-            i += 1;
-            end = sorted[i];
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    parts.join(",")
-}
-
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -196,6 +174,52 @@ pub fn self_cpu_ns() -> u64 {
     }
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The kernel thread id of the calling thread.
+pub fn current_tid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Time a thread of this process has spent running and waiting to run, so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadTimes {
+    /// On a CPU, ns.
+    pub cpu_ns: u64,
+    /// Runnable but waiting on a run queue for a CPU, ns; `None` where the kernel does not
+    /// account it (no `schedstat`).
+    pub wait_ns: Option<u64>,
+}
+
+/// [`ThreadTimes`] of thread `tid` of this process: `/proc/self/task/<tid>/schedstat` (ns
+/// resolution), falling back to CPU time alone from `/proc/self/task/<tid>/stat` (clock ticks).
+pub fn thread_times(tid: i32) -> io::Result<ThreadTimes> {
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")) {
+        if let Some((cpu_ns, wait_ns)) = parse_schedstat(&text) {
+            return Ok(ThreadTimes {
+                cpu_ns,
+                wait_ns: Some(wait_ns),
+            });
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
+    let ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unparsable /proc/self/task/{tid}/stat"),
+        )
+    })?;
+    Ok(ThreadTimes {
+        cpu_ns: ticks * 1_000_000_000 / clock_ticks_per_second(),
+        wait_ns: None,
+    })
+}
+
+/// `(on-CPU ns, run-queue wait ns)` from the text of a `schedstat` file.
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut f = text.split_whitespace().map(str::parse::<u64>);
+    Some((f.next()?.ok()?, f.next()?.ok()?))
 }
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit if `needed` descriptors do not fit the
@@ -255,10 +279,35 @@ mod tests {
     }
 
     #[test]
-    fn cpu_list_formatting() {
-        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6]), "0-3,6");
-        assert_eq!(format_cpu_list(&[5, 1]), "1,5");
-        assert_eq!(format_cpu_list(&[]), "");
+    fn a_spinning_thread_is_seen_running_or_waiting_for_the_whole_time() {
+        assert_eq!(
+            parse_schedstat("2018683 3866234 4\n"),
+            Some((2_018_683, 3_866_234))
+        );
+        assert_eq!(parse_schedstat("garbage"), None);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let spinner = std::thread::spawn(move || {
+            tx.send(current_tid()).unwrap();
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {}
+        });
+        let tid = rx.recv().unwrap();
+        let a = thread_times(tid).unwrap();
+        let t0 = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let b = thread_times(tid).unwrap();
+        let elapsed = t0.elapsed().as_nanos() as f64;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().unwrap();
+        let cpu = (b.cpu_ns - a.cpu_ns) as f64;
+        assert!(cpu > 0.0);
+        if let (Some(wa), Some(wb)) = (a.wait_ns, b.wait_ns) {
+            // Running or runnable all along, however busy the machine is (10 ms of slack for
+            // the accounting, which is updated at scheduling events).
+            let busy = cpu + (wb - wa) as f64;
+            assert!(busy >= 0.9 * elapsed - 10e6, "busy {busy} of {elapsed} ns");
+        }
     }
 
     #[test]

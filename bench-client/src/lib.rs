@@ -10,13 +10,18 @@
 //! - [`message`]: message layout, pattern, streaming verifier, per-connection error kinds.
 //! - [`conn`]: drives one connection (closed loop, pipelining, open loop schedule).
 //! - [`pacer`]: microsecond timerfd wake-ups for the open loop.
-//! - [`load`]: one trial: client threads, common start, CPU sampling, merge.
+//! - [`load`]: one trial: client threads, common start, CPU sampling, merge;
+//!   [`bottleneck`]: was the client the bottleneck (thread CPU demand, send lateness).
 //! - [`record`]: per-thread histograms (ns) and interval snapshots.
 //! - [`runner`]: rounds, spawned servers, output; [`spawn`]: server processes.
-//! - [`report`]: text, JSON, `.hgrm`, `.hlog`; [`plot`]: SVG; [`compare`]: statistics.
+//! - [`report`]: result and JSON types; [`report::text`]: stdout summary; [`report::hdr`]:
+//!   `.hgrm`, `.hlog`; [`plot`]: SVG; [`compare`]: comparison statistics.
+//! - [`slo`]: the `slo` subcommand (search, trial verdicts, report, latency–throughput curve);
+//!   [`compare::saved`]: the `compare` subcommand.
 //! - [`merge`]: the `merge` subcommand; [`host`], [`clock`], [`interrupt`]: system glue.
 #![warn(missing_docs)]
 
+pub mod bottleneck;
 pub mod cli;
 pub mod clock;
 pub mod compare;
@@ -32,6 +37,7 @@ pub mod plot;
 pub mod record;
 pub mod report;
 pub mod runner;
+pub mod slo;
 pub mod spawn;
 
 use std::io::Write;
@@ -49,6 +55,8 @@ pub fn run(cli: Cli, command_line: Vec<String>) -> anyhow::Result<u8> {
             merge::run(args)?;
             Ok(0)
         }
+        Some(cli::Command::Slo(args)) => slo::run(args, command_line),
+        Some(cli::Command::Compare(args)) => compare::saved::run(args),
         None => {
             let cfg = config::BenchConfig::from_args(&cli.bench, command_line)?;
             runner::run(cfg)

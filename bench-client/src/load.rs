@@ -5,9 +5,11 @@
 //! 1. every thread connects all of its connections and reports ready (or the first error);
 //! 2. the coordinating thread picks one common start `t0` (or derives it from `--start-at`) and
 //!    releases all threads; the measured window is `[t0 + warmup, t0 + warmup + duration)`;
-//! 3. while the load runs, the coordinator samples server and client CPU time exactly at the
-//!    window's start and end, and updates the progress bar;
-//! 4. threads stop at the deadline, and their histograms and counters are merged.
+//! 3. while the load runs, the coordinator samples server and client CPU time, and each client
+//!    thread's CPU and run-queue time, exactly at the window's start and end, and updates the
+//!    progress bar;
+//! 4. threads stop at the deadline, their histograms and counters are merged, and the
+//!    [`ClientCheck`] judges whether the client was the bottleneck.
 //!
 //! Nothing is shared between client threads on the hot path except each thread's own progress
 //! counter (a relaxed store).
@@ -21,16 +23,20 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::bottleneck::{
+    lateness_limit_ns, rate_intervals_off, ClientCheck, RateInterval, ThreadLoad,
+};
 use crate::clock::{duration_to_ns, now_ns, WallAnchor};
 use crate::config::{LoadConfig, Mode};
 use crate::conn::{self, Arrivals, ConnOutcome, Load, ThreadShared, READ_BUFFER_BYTES};
+use crate::host::ThreadTimes;
 use crate::message::{ConnError, ErrorKind, Pattern};
 use crate::pacer::Pacer;
-use crate::record::{add_into, new_histogram, IntervalSnapshot, Recorder, Window};
+use crate::record::{add_into, new_histogram, IntervalSnapshot, RateCounts, Recorder, Window};
 use crate::{host, interrupt};
 
 /// How many connects a thread has outstanding at once (keeps SYNs within listen backlogs).
@@ -41,7 +47,7 @@ pub const ERROR_SAMPLES: usize = 10;
 const START_DELAY_NS: u64 = 5_000_000;
 
 /// Error counts by kind.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorCounts {
     /// Total of all kinds.
     pub total: u64,
@@ -105,6 +111,16 @@ pub struct TrialResult {
     pub latency: Histogram<u64>,
     /// Open loop: latency from the actual send time.
     pub service: Option<Histogram<u64>>,
+    /// Open loop: send lateness (see [`crate::record`]).
+    pub lateness: Option<Histogram<u64>>,
+    /// Open loop: how late the client threads' probe ticks ran (see [`crate::pacer`]).
+    pub wake_lateness: Option<Histogram<u64>>,
+    /// Open loop: intended and completed messages per rate interval.
+    pub rates: Option<RateCounts>,
+    /// Open loop: rate intervals whose achieved rate missed the intended one.
+    pub rate_intervals_off: Vec<RateInterval>,
+    /// Whether the client was the bottleneck, and the evidence.
+    pub client: ClientCheck,
     /// `--hlog` interval snapshots of all threads (indices relative to this trial's window).
     pub intervals: Vec<IntervalSnapshot>,
     /// Messages completed inside the measured window.
@@ -117,6 +133,14 @@ pub struct TrialResult {
     pub aborted: u64,
     /// Open loop: messages due before the deadline but never sent.
     pub unsent: u64,
+    /// Open loop with [`LoadConfig::overdue_after`] (a latency bound): aborted or unsent
+    /// messages due more than that long before the deadline.
+    pub overdue: u64,
+    /// With a latency bound: of the messages due in `[window start, deadline - bound)`, those
+    /// that completed...
+    pub span_completed: u64,
+    /// ... and those that did not (overdue).
+    pub span_overdue: u64,
     /// Errors by kind.
     pub errors: ErrorCounts,
     /// The first few error descriptions.
@@ -137,6 +161,10 @@ pub struct TrialResult {
 struct ThreadOutput {
     latency: Histogram<u64>,
     service: Option<Histogram<u64>>,
+    lateness: Option<Histogram<u64>>,
+    wake_lateness: Option<Histogram<u64>>,
+    rates: Option<RateCounts>,
+    span_completed: u64,
     intervals: Vec<IntervalSnapshot>,
     measured: u64,
     warmup: u64,
@@ -193,7 +221,8 @@ pub fn run_trial(
     let threads = cfg.threads.clamp(1, cfg.connections);
     let pattern = Arc::new(Pattern::new(cfg.size));
     let counters: Vec<Arc<AtomicU64>> = (0..threads).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    // Each thread reports its kernel thread id once connected (or its first error).
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<i32>>();
 
     std::thread::scope(|scope| -> anyhow::Result<TrialResult> {
         let mut starters = Vec::new();
@@ -226,14 +255,14 @@ pub fn run_trial(
 
         // 1. Wait until every thread has connected.
         let mut first_err = None;
-        let mut ready = 0;
-        while ready < threads {
+        let mut tids = Vec::with_capacity(threads);
+        while tids.len() < threads {
             if interrupt::interrupted() {
                 first_err.get_or_insert_with(|| anyhow!("interrupted"));
                 break;
             }
             match ready_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Ok(())) => ready += 1,
+                Ok(Ok(tid)) => tids.push(tid),
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                     break;
@@ -311,11 +340,13 @@ pub fn run_trial(
         let mut waited = sleep_until(window.measure_start_ns, tick, all_ended);
         let server_start = server.and_then(|s| s.cpu_ns());
         let client_start = host::self_cpu_ns();
+        let threads_start = sample_threads(&tids);
         if waited == Waited::Reached {
             waited = sleep_until(window.end_ns, tick, all_ended);
         }
         let server_end = server.and_then(|s| s.cpu_ns());
         let client_end = host::self_cpu_ns();
+        let threads_end = sample_threads(&tids);
         let measure_end_ns = match waited {
             Waited::AllEnded => now_ns().clamp(window.measure_start_ns, window.end_ns),
             _ => window.end_ns,
@@ -348,12 +379,20 @@ pub fn run_trial(
         let mut result = TrialResult {
             latency: new_histogram(),
             service: open.then(new_histogram),
+            lateness: open.then(new_histogram),
+            wake_lateness: open.then(new_histogram),
+            rates: None,
+            rate_intervals_off: Vec::new(),
+            client: ClientCheck::judge(Vec::new(), cfg.busy_poll, None, None, None),
             intervals: Vec::new(),
             measured: 0,
             warmup: 0,
             sent: 0,
             aborted: 0,
             unsent: 0,
+            overdue: 0,
+            span_completed: 0,
+            span_overdue: 0,
             errors: ErrorCounts::default(),
             error_samples: Vec::new(),
             measure_start: anchor.wall_at(window.measure_start_ns),
@@ -371,13 +410,30 @@ pub fn run_trial(
             if let (Some(dst), Some(src)) = (result.service.as_mut(), out.service.as_ref()) {
                 add_into(dst, src);
             }
+            if let (Some(dst), Some(src)) = (result.lateness.as_mut(), out.lateness.as_ref()) {
+                add_into(dst, src);
+            }
+            if let (Some(dst), Some(src)) =
+                (result.wake_lateness.as_mut(), out.wake_lateness.as_ref())
+            {
+                add_into(dst, src);
+            }
+            if let Some(src) = &out.rates {
+                result
+                    .rates
+                    .get_or_insert_with(RateCounts::default)
+                    .merge(src);
+            }
             result.intervals.extend(out.intervals);
             result.measured += out.measured;
+            result.span_completed += out.span_completed;
             result.warmup += out.warmup;
             for o in out.outcomes {
                 result.sent += o.sent;
                 result.aborted += o.aborted;
                 result.unsent += o.unsent;
+                result.overdue += o.overdue;
+                result.span_overdue += o.overdue_in_window;
                 if let Some(e) = o.error {
                     result.errors.add(e.kind());
                     errors.push(e);
@@ -396,8 +452,66 @@ pub fn run_trial(
             .take(ERROR_SAMPLES)
             .map(ToString::to_string)
             .collect();
+        if let Some(rates) = &result.rates {
+            result.rate_intervals_off = rate_intervals_off(rates, result.measured_ns);
+        }
+        let limit = match cfg.mode {
+            Mode::Open { rate, .. } => Some(
+                cfg.lateness_cap
+                    .map(duration_to_ns)
+                    .map_or(lateness_limit_ns(rate, threads), |cap| {
+                        cap.min(lateness_limit_ns(rate, threads))
+                    }),
+            ),
+            Mode::Closed => None,
+        };
+        result.client = ClientCheck::judge(
+            thread_loads(&threads_start, &threads_end),
+            cfg.busy_poll,
+            result.lateness.as_ref(),
+            result.wake_lateness.as_ref(),
+            limit,
+        );
         Ok(result)
     })
+}
+
+/// Each client thread's times, and when they were read (monotonic ns).
+struct ThreadSample {
+    at_ns: u64,
+    times: Vec<Option<ThreadTimes>>,
+}
+
+fn sample_threads(tids: &[i32]) -> ThreadSample {
+    ThreadSample {
+        times: tids.iter().map(|&t| host::thread_times(t).ok()).collect(),
+        at_ns: now_ns(),
+    }
+}
+
+/// CPU demand of every thread readable at both edges, over the time between the samples.
+fn thread_loads(start: &ThreadSample, end: &ThreadSample) -> Vec<ThreadLoad> {
+    let window = end.at_ns.saturating_sub(start.at_ns).max(1) as f64;
+    start
+        .times
+        .iter()
+        .zip(&end.times)
+        .enumerate()
+        .filter_map(|(thread, (a, b))| {
+            let (a, b) = (a.as_ref()?, b.as_ref()?);
+            let cpu = b.cpu_ns.saturating_sub(a.cpu_ns) as f64 / window;
+            let run_queue_wait = match (a.wait_ns, b.wait_ns) {
+                (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / window),
+                _ => None,
+            };
+            Some(ThreadLoad {
+                thread,
+                cpu,
+                run_queue_wait,
+                busy: cpu + run_queue_wait.unwrap_or(0.0),
+            })
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -407,7 +521,7 @@ fn client_thread(
     cfg: &LoadConfig,
     addr: SocketAddr,
     pattern: Arc<Pattern>,
-    ready: mpsc::Sender<anyhow::Result<()>>,
+    ready: mpsc::Sender<anyhow::Result<i32>>,
     start: oneshot::Receiver<Option<Window>>,
     progress: Arc<AtomicU64>,
 ) -> anyhow::Result<Option<ThreadOutput>> {
@@ -463,7 +577,7 @@ fn client_thread(
                 return Ok(None);
             }
         }
-        let _ = ready.send(Ok(()));
+        let _ = ready.send(Ok(host::current_tid()));
         drop(ready);
 
         // 2. Wait for the common start.
@@ -484,7 +598,8 @@ fn client_thread(
             });
         }
         let pacer = if open {
-            let p = Pacer::new().context("cannot create the open-loop timer (timerfd)")?;
+            let p = Pacer::new(Some((window.measure_start_ns, window.end_ns)))
+                .context("cannot create the open-loop timer (timerfd)")?;
             tokio::task::spawn_local(p.clone().run());
             Some(p)
         } else {
@@ -496,6 +611,8 @@ fn client_thread(
                 window,
                 open,
                 cfg.interval.map(duration_to_ns),
+                duration_to_ns(cfg.rate_interval),
+                cfg.overdue_after.map(duration_to_ns),
             )),
             rbuf: std::cell::RefCell::new(vec![0u8; READ_BUFFER_BYTES].into_boxed_slice()),
             pacer,
@@ -508,6 +625,7 @@ fn client_thread(
             .zip(conns)
             .map(|(stream, id)| {
                 let load = Load {
+                    overdue_after_ns: cfg.overdue_after.map(duration_to_ns),
                     pipeline: cfg.pipeline,
                     arrivals: match cfg.mode {
                         Mode::Closed => None,
@@ -542,10 +660,15 @@ fn client_thread(
         };
         let shared =
             Rc::try_unwrap(shared).map_err(|_| anyhow!("connection state still referenced"))?;
+        let wake_lateness = shared.pacer.as_ref().and_then(|p| p.probe_lateness());
         let recorded = shared.recorder.into_inner().finish();
         Ok(Some(ThreadOutput {
             latency: recorded.latency,
             service: recorded.service,
+            lateness: recorded.lateness,
+            wake_lateness,
+            rates: recorded.rates,
+            span_completed: recorded.span_completed,
             intervals: recorded.intervals,
             measured: recorded.measured,
             warmup: recorded.warmup,

@@ -217,16 +217,13 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
     )?;
     if let Some(path) = &args.hgrm {
         let mut buf = Vec::new();
-        report::write_hgrm(&mut buf, h, report::HGRM_NS_PER_UNIT)?;
+        report::hdr::write_hgrm(&mut buf, h, report::hdr::HGRM_NS_PER_UNIT)?;
         crate::write_file(path, &buf, args.force)?;
     }
     if let Some(path) = &args.json {
         let json = MergeJson {
             schema_version: report::SCHEMA_VERSION,
-            tool: report::ToolJson {
-                name: "echo-bench",
-                version: env!("CARGO_PKG_VERSION"),
-            },
+            tool: report::ToolJson::this(),
             command: "merge",
             tag: args.tag.clone(),
             files: merged.files.clone(),

@@ -10,6 +10,12 @@
 //! When the next wake-up is less than [`SPIN_NS`] away the pacer does not sleep at all: it
 //! yields to the runtime (which keeps polling sockets) until the entry is due.
 //!
+//! The pacer also ticks every [`PROBE_PERIOD_NS`] inside the measured window and records how
+//! late each tick ran (every tick, so a stall of the thread shows as a run of late ticks): the
+//! thread's own reaction delay, whatever its connections are waiting for. It is the evidence
+//! of a client too slow to read its echoes, whose sends then wait on a full pipeline and so
+//! escape the send lateness (see [`crate::bottleneck`]).
+//!
 //! Single-threaded by construction (`Rc`, `RefCell`): it lives on one current-thread runtime.
 
 use std::cell::{Cell, RefCell};
@@ -20,14 +26,25 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::task::Waker;
 
+use hdrhistogram::Histogram;
 use tokio::io::unix::AsyncFd;
 
 use crate::clock::now_ns;
+use crate::record::new_histogram;
 
 /// Waits shorter than this are spun (yielding to the I/O driver) instead of slept: a sleep and
 /// wake-up of the thread costs tens of microseconds of CPU on virtual machines, so at high
 /// per-thread rates sleeping would make the client itself the bottleneck.
 pub const SPIN_NS: u64 = 50_000;
+/// Period of the reaction-delay probe.
+pub const PROBE_PERIOD_NS: u64 = 1_000_000;
+
+/// The probe's ticks: due times from `next_ns` on, recorded while before `until_ns`.
+struct Probe {
+    next_ns: Cell<u64>,
+    until_ns: u64,
+    lateness: RefCell<Histogram<u64>>,
+}
 
 struct Entry {
     due_ns: u64,
@@ -56,11 +73,14 @@ pub struct Pacer {
     fd: AsyncFd<OwnedFd>,
     heap: RefCell<BinaryHeap<Reverse<Entry>>>,
     armed_ns: Cell<u64>,
+    probe: Option<Probe>,
 }
 
 impl Pacer {
-    /// Create the timerfd. Must be called inside a tokio runtime with I/O enabled.
-    pub fn new() -> io::Result<Rc<Pacer>> {
+    /// Create the timerfd. Must be called inside a tokio runtime with I/O enabled. With
+    /// `probe = Some((from_ns, until_ns))`, tick every [`PROBE_PERIOD_NS`] in that span and
+    /// record each tick's lateness.
+    pub fn new(probe: Option<(u64, u64)>) -> io::Result<Rc<Pacer>> {
         // SAFETY: plain syscall; the returned fd is checked below.
         let raw = unsafe {
             libc::timerfd_create(
@@ -80,7 +100,32 @@ impl Pacer {
             fd,
             heap: RefCell::new(BinaryHeap::new()),
             armed_ns: Cell::new(u64::MAX),
+            probe: probe.map(|(from_ns, until_ns)| Probe {
+                next_ns: Cell::new(from_ns),
+                until_ns,
+                lateness: RefCell::new(new_histogram()),
+            }),
         }))
+    }
+
+    /// The lateness of the probe's ticks so far (ns), if it has a probe.
+    pub fn probe_lateness(&self) -> Option<Histogram<u64>> {
+        self.probe.as_ref().map(|p| p.lateness.borrow().clone())
+    }
+
+    /// Record the probe ticks due by `now`; the next tick's due time, if inside its span.
+    fn probe_tick(&self, now: u64) -> Option<u64> {
+        let p = self.probe.as_ref()?;
+        let mut due = p.next_ns.get();
+        if due <= now && due < p.until_ns {
+            let mut h = p.lateness.borrow_mut();
+            while due <= now && due < p.until_ns {
+                h.saturating_record(now - due);
+                due += PROBE_PERIOD_NS;
+            }
+            p.next_ns.set(due);
+        }
+        (due < p.until_ns).then_some(due)
     }
 
     fn arm(&self, due_ns: u64) {
@@ -132,15 +177,21 @@ impl Pacer {
                 }
                 heap.peek().map(|e| e.0.due_ns)
             };
+            let probe_due = self.probe_tick(now);
+            if next_due.is_some_and(|due| due - now <= SPIN_NS) {
+                // Sleeping and waking again would cost more than the wait: stay awake,
+                // letting the runtime poll sockets (yield_now defers to the I/O driver).
+                // While spinning, new registrations need not arm the timerfd. (Only sends
+                // are worth spinning for, not the probe.)
+                self.armed_ns.set(0);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let next_due = match (next_due, probe_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match next_due {
-                Some(due) if due - now <= SPIN_NS => {
-                    // Sleeping and waking again would cost more than the wait: stay awake,
-                    // letting the runtime poll sockets (yield_now defers to the I/O driver).
-                    // While spinning, new registrations need not arm the timerfd.
-                    self.armed_ns.set(0);
-                    tokio::task::yield_now().await;
-                    continue;
-                }
                 Some(due) if self.armed_ns.get() == due => {}
                 Some(due) => self.arm(due),
                 None => self.armed_ns.set(u64::MAX),
@@ -181,7 +232,7 @@ mod tests {
             .unwrap();
         let local = tokio::task::LocalSet::new();
         let lateness: Vec<u64> = local.block_on(&rt, async {
-            let pacer = Pacer::new().unwrap();
+            let pacer = Pacer::new(None).unwrap();
             tokio::task::spawn_local(pacer.clone().run());
             let mut lateness = Vec::new();
             for i in 0..50u64 {
@@ -203,5 +254,28 @@ mod tests {
         sorted.sort_unstable();
         // The median wake-up must be far below tokio's 1 ms timer granularity.
         assert!(sorted[sorted.len() / 2] < 500_000, "{sorted:?}");
+    }
+
+    #[test]
+    fn the_probe_records_every_tick_of_a_stall() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let late = local.block_on(&rt, async {
+            let from = now_ns() + 2_000_000;
+            let pacer = Pacer::new(Some((from, from + 30 * PROBE_PERIOD_NS))).unwrap();
+            tokio::task::spawn_local(pacer.clone().run());
+            // Let a few ticks pass, then block the thread for 10 ms (the pacer cannot run).
+            tokio::time::sleep(std::time::Duration::from_millis(8)).await;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            pacer.probe_lateness().unwrap()
+        });
+        assert_eq!(late.len(), 30, "one record per tick of the span");
+        // The ticks due during the 10 ms block ran up to 10 ms late, one each.
+        assert!(late.max() >= 8_000_000, "max {}", late.max());
+        assert!(late.count_between(1_000_000, late.max()) >= 7);
     }
 }

@@ -9,6 +9,12 @@
 //! `saturating_record` calls. A completion is *measured* only if it happens inside the
 //! measured window `[measure_start, end)`; completions during warmup are only counted.
 //!
+//! Open loop, the recorder also keeps what tells whether the client kept to its schedule: a
+//! histogram of **send lateness** (actual send time − intended send time, for messages that
+//! became due while their connection had room to send, so that a send held back by the server
+//! is not charged to the client) and, per rate interval of the measured window, the number of
+//! messages **intended** (by intended send time) and **completed** (by completion time).
+//!
 //! With `--hlog`, the recorder also keeps an interval histogram and, each time a completion
 //! crosses an interval boundary, serialises the finished interval (V2, uncompressed: a few KiB)
 //! so that long runs do not keep hundreds of full histograms in memory.
@@ -96,11 +102,53 @@ impl IntervalRecorder {
     }
 }
 
+/// Intended and completed messages per rate interval of the measured window (open loop).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateCounts {
+    /// Interval length, ns (the last interval may be shorter).
+    pub interval_ns: u64,
+    /// Messages whose intended send time falls in each interval (sent or not).
+    pub intended: Vec<u64>,
+    /// Messages whose echo completed in each interval.
+    pub completed: Vec<u64>,
+}
+
+impl RateCounts {
+    fn new(window: &Window, interval_ns: u64) -> RateCounts {
+        let span = window.end_ns.saturating_sub(window.measure_start_ns);
+        let n = span.div_ceil(interval_ns.max(1)) as usize;
+        RateCounts {
+            interval_ns: interval_ns.max(1),
+            intended: vec![0; n],
+            completed: vec![0; n],
+        }
+    }
+
+    /// Add `other` (same window and interval) into `self`.
+    pub fn merge(&mut self, other: &RateCounts) {
+        if self.intended.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        for (a, b) in self.intended.iter_mut().zip(&other.intended) {
+            *a += b;
+        }
+        for (a, b) in self.completed.iter_mut().zip(&other.completed) {
+            *a += b;
+        }
+    }
+}
+
 /// Per-thread latency recorder.
 pub struct Recorder {
     window: Window,
     latency: Histogram<u64>,
     service: Option<Histogram<u64>>,
+    lateness: Option<Histogram<u64>>,
+    rates: Option<RateCounts>,
+    /// With a latency bound: completions of the messages intended in
+    /// `[measure_start, end - bound)` (they all complete by the deadline when the bound holds).
+    span: Option<(u64, u64)>,
     intervals: Option<IntervalRecorder>,
     measured: u64,
     warmup: u64,
@@ -114,6 +162,12 @@ pub struct Recorded {
     pub latency: Histogram<u64>,
     /// Latency from the actual send time (open loop only).
     pub service: Option<Histogram<u64>>,
+    /// Send lateness of the messages intended inside the window (open loop only).
+    pub lateness: Option<Histogram<u64>>,
+    /// Intended and completed messages per rate interval (open loop only).
+    pub rates: Option<RateCounts>,
+    /// With a latency bound: completions of messages intended in `[measure_start, end - bound)`.
+    pub span_completed: u64,
     /// Completions inside the measured window (= `latency.len()`).
     pub measured: u64,
     /// Completions during warmup (not recorded).
@@ -123,9 +177,17 @@ pub struct Recorded {
 }
 
 impl Recorder {
-    /// A recorder for `window`. `open_loop` adds the service-time histogram; `interval_ns`
-    /// enables interval snapshots.
-    pub fn new(window: Window, open_loop: bool, interval_ns: Option<u64>) -> Recorder {
+    /// A recorder for `window`. `open_loop` adds the service-time and send-lateness histograms
+    /// and the per-`rate_interval_ns` counts; `interval_ns` enables interval snapshots;
+    /// `bound_ns` (a latency bound) the count of completions due at least that long before the
+    /// deadline.
+    pub fn new(
+        window: Window,
+        open_loop: bool,
+        interval_ns: Option<u64>,
+        rate_interval_ns: u64,
+        bound_ns: Option<u64>,
+    ) -> Recorder {
         let intervals = interval_ns.map(|interval_ns| IntervalRecorder {
             interval_ns,
             index: 0,
@@ -139,6 +201,9 @@ impl Recorder {
             window,
             latency: new_histogram(),
             service: open_loop.then(new_histogram),
+            lateness: open_loop.then(new_histogram),
+            rates: open_loop.then(|| RateCounts::new(&window, rate_interval_ns)),
+            span: bound_ns.map(|b| (window.end_ns.saturating_sub(b), 0)),
             intervals,
             measured: 0,
             warmup: 0,
@@ -160,6 +225,17 @@ impl Recorder {
             return true;
         }
         self.measured += 1;
+        if let Some((due_by, n)) = self.span.as_mut() {
+            if intended_ns >= self.window.measure_start_ns && intended_ns < *due_by {
+                *n += 1;
+            }
+        }
+        if let Some(r) = self.rates.as_mut() {
+            let idx = ((done_ns - self.window.measure_start_ns) / r.interval_ns) as usize;
+            if let Some(c) = r.completed.get_mut(idx) {
+                *c += 1;
+            }
+        }
         let latency = done_ns.saturating_sub(intended_ns);
         let service = done_ns.saturating_sub(sent_ns);
         self.latency.saturating_record(latency);
@@ -180,6 +256,45 @@ impl Recorder {
         true
     }
 
+    /// Open loop: a message intended at `intended_ns` was sent at `sent_ns`. Counts it in its
+    /// rate interval when intended inside the window, and records its send lateness if
+    /// `client_late` (it became due while its connection had room, so only the client can have
+    /// held it back).
+    #[inline]
+    pub fn record_send(&mut self, intended_ns: u64, sent_ns: u64, client_late: bool) {
+        if intended_ns < self.window.measure_start_ns || intended_ns >= self.window.end_ns {
+            return;
+        }
+        if let Some(r) = self.rates.as_mut() {
+            let idx = ((intended_ns - self.window.measure_start_ns) / r.interval_ns) as usize;
+            if let Some(c) = r.intended.get_mut(idx) {
+                *c += 1;
+            }
+        }
+        if client_late {
+            if let Some(h) = self.lateness.as_mut() {
+                h.saturating_record(sent_ns.saturating_sub(intended_ns));
+            }
+        }
+    }
+
+    /// Open loop: `intended_in_window` counts messages due inside the window that were never
+    /// sent, by rate interval (index 0 = the window's first interval).
+    pub fn record_unsent(&mut self, intended_by_interval: &[u64]) {
+        if let Some(r) = self.rates.as_mut() {
+            for (a, b) in r.intended.iter_mut().zip(intended_by_interval) {
+                *a += b;
+            }
+        }
+    }
+
+    /// The measured window and the rate interval, ns (open loop), for [`Self::record_unsent`].
+    pub fn rate_grid(&self) -> Option<(Window, u64, usize)> {
+        self.rates
+            .as_ref()
+            .map(|r| (self.window, r.interval_ns, r.intended.len()))
+    }
+
     /// Finish recording and hand back the histograms.
     pub fn finish(mut self) -> Recorded {
         let intervals = match self.intervals.take() {
@@ -194,6 +309,9 @@ impl Recorder {
         Recorded {
             latency: self.latency,
             service: self.service,
+            lateness: self.lateness,
+            rates: self.rates,
+            span_completed: self.span.map_or(0, |(_, n)| n),
             measured: self.measured,
             warmup: self.warmup,
             intervals,
@@ -242,7 +360,7 @@ mod tests {
 
     #[test]
     fn warmup_and_after_deadline_are_not_recorded() {
-        let mut r = Recorder::new(window(), false, None);
+        let mut r = Recorder::new(window(), false, None, 1_000, None);
         assert!(r.record(1_500, 1_000, 1_000)); // warmup: counted, not recorded
         assert!(r.record(5_000, 4_000, 4_000));
         assert!(!r.record(10_000, 9_000, 9_000)); // at the deadline: aborted
@@ -255,12 +373,37 @@ mod tests {
 
     #[test]
     fn open_loop_records_intended_and_service_separately() {
-        let mut r = Recorder::new(window(), true, None);
+        let mut r = Recorder::new(window(), true, None, 1_000, None);
         r.record(9_000, 3_000, 8_000);
         let out = r.finish();
         assert!(out.latency.equivalent(out.latency.max(), 6_000));
         let svc = out.service.unwrap();
         assert!(svc.equivalent(svc.max(), 1_000));
+    }
+
+    #[test]
+    fn open_loop_counts_intended_and_completed_per_interval_and_client_lateness() {
+        // window [2000, 10000), intervals of 3000 ns: [2000,5000) [5000,8000) [8000,10000)
+        let mut r = Recorder::new(window(), true, None, 3_000, Some(3_000));
+        r.record_send(1_500, 1_600, true); // intended during warmup: not counted
+        r.record_send(2_000, 2_100, true);
+        r.record_send(5_500, 7_000, false); // held back by the server: counted, no lateness
+        r.record_send(9_000, 9_050, true);
+        r.record_unsent(&[0, 0, 4]);
+        r.record(4_000, 2_000, 2_100);
+        r.record(7_500, 5_500, 7_000);
+        r.record(8_000, 3_000, 3_000);
+        r.record(9_000, 7_500, 7_600); // due less than the bound before the deadline
+        let out = r.finish();
+        // intended in [2000, 10000 - 3000): the completions intended at 2000, 5500 and 3000
+        assert_eq!(out.span_completed, 3);
+        let rates = out.rates.unwrap();
+        assert_eq!(rates.intended, [1, 1, 5]);
+        assert_eq!(rates.completed, [1, 1, 2]);
+        let late = out.lateness.unwrap();
+        assert_eq!(late.len(), 2);
+        assert!(late.equivalent(late.max(), 100));
+        assert!(late.equivalent(late.min(), 50));
     }
 
     #[test]
@@ -283,7 +426,7 @@ mod tests {
             measure_start_ns: 1_000,
             end_ns: 100_000,
         };
-        let mut r = Recorder::new(w, false, Some(10_000));
+        let mut r = Recorder::new(w, false, Some(10_000), 10_000, None);
         for t in (1_000..100_000).step_by(700) {
             r.record(t, t - 100, t - 100);
         }

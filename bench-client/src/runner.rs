@@ -49,6 +49,9 @@ fn absorb(
     if let (Some(dst), Some(src)) = (run.service.as_mut(), res.service.as_ref()) {
         add_into(dst, src);
     }
+    if let (Some(dst), Some(src)) = (run.lateness.as_mut(), res.lateness.as_ref()) {
+        add_into(dst, src);
+    }
     if keep_intervals {
         let mut merged = MergedIntervals::new();
         merge_intervals(&mut merged, &res.intervals);
@@ -104,29 +107,47 @@ fn absorb(
         p99_us: q(0.99),
         server_cpu_ns_per_msg: per_msg(res.server_cpu_ns),
         client_cpu_ns_per_msg: per_msg(Some(res.client_cpu_ns)),
+        client: res.client,
+        rate_intervals_off: res.rate_intervals_off,
     });
 }
 
-/// Run the benchmark described by `cfg`; returns the exit code (0, or 1 when errors occurred).
-pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
-    check_outputs(&cfg.output_paths(), cfg.outputs.force)?;
-    let host_info = host::host_info(); // before pinning narrows our affinity
+/// Read the host facts (before pinning narrows our affinity), install the Ctrl-C handler and
+/// pin the coordinating thread to the client CPUs.
+pub fn begin(cfg: &BenchConfig) -> anyhow::Result<host::HostInfo> {
+    let host_info = host::host_info();
     crate::interrupt::install();
     if let Some(cpus) = &cfg.load.client_cpus {
         // The coordinating thread mostly sleeps, but keep it off the server's CPUs too.
         host::pin_current_thread(cpus).context("cannot pin echo-bench to --client-cpus")?;
     }
-    let open = matches!(cfg.load.mode, Mode::Open { .. });
+    Ok(host_info)
+}
 
-    // Start servers first: a server that fails to start fails the run before any load.
-    let mut servers: Vec<Option<Spawned>> = Vec::new();
-    let mut runs: Vec<TargetRun> = Vec::new();
+/// A target ready to be loaded.
+pub struct Started {
+    /// Name.
+    pub name: String,
+    /// Where to connect.
+    pub address: std::net::SocketAddr,
+    /// The command, for a spawned server.
+    pub spawn_command: Option<String>,
+    /// The server process, when echo-bench started it (stopped when dropped).
+    pub server: Option<Spawned>,
+}
+
+/// Start every `--spawn` server, in target order, each ready (printed `listening on`) before
+/// the next starts; a server that fails to start fails the whole run before any load.
+pub fn start_targets(cfg: &BenchConfig) -> anyhow::Result<Vec<Started>> {
+    let mut started = Vec::new();
     for t in &cfg.targets {
-        match &t.kind {
-            TargetKind::Address { addr } => {
-                servers.push(None);
-                runs.push(TargetRun::new(t.name.clone(), *addr, None, open));
-            }
+        started.push(match &t.kind {
+            TargetKind::Address { addr } => Started {
+                name: t.name.clone(),
+                address: *addr,
+                spawn_command: None,
+                server: None,
+            },
             TargetKind::Spawn { command, argv } => {
                 let s = Spawned::start(
                     &t.name,
@@ -143,12 +164,32 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
                         s.addr
                     );
                 }
-                let mut run = TargetRun::new(t.name.clone(), s.addr, Some(command.clone()), open);
-                run.server_pid = s.pid();
-                runs.push(run);
-                servers.push(Some(s));
+                Started {
+                    name: t.name.clone(),
+                    address: s.addr,
+                    spawn_command: Some(command.clone()),
+                    server: Some(s),
+                }
             }
-        }
+        });
+    }
+    Ok(started)
+}
+
+/// Run the benchmark described by `cfg`; returns the exit code (0, or 1 when errors occurred).
+pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
+    check_outputs(&cfg.output_paths(), cfg.outputs.force)?;
+    let host_info = begin(&cfg)?;
+    let open = matches!(cfg.load.mode, Mode::Open { .. });
+
+    // Start servers first: a server that fails to start fails the run before any load.
+    let mut servers: Vec<Option<Spawned>> = Vec::new();
+    let mut runs: Vec<TargetRun> = Vec::new();
+    for t in start_targets(&cfg)? {
+        let mut run = TargetRun::new(t.name, t.address, t.spawn_command, open);
+        run.server_pid = t.server.as_ref().and_then(Spawned::pid);
+        runs.push(run);
+        servers.push(t.server);
     }
 
     let n = runs.len();
@@ -216,6 +257,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     for (s, r) in servers.iter_mut().zip(runs.iter_mut()) {
         if let Some(s) = s.as_mut() {
             r.server_summary = s.stop();
+            r.server_features = s.features();
         }
     }
     drop(servers);
@@ -236,12 +278,12 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
 
     // Text summary.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", report::header_line(&cfg))?;
+    writeln!(out, "{}", report::text::header_line(&cfg))?;
     for r in &runs {
-        report::print_target(&mut out, &cfg, r)?;
+        report::text::print_target(&mut out, &cfg, r)?;
     }
     if let Some(c) = report::comparison(&runs) {
-        report::print_comparison(&mut out, &c)?;
+        report::text::print_comparison(&mut out, &c)?;
     }
     if incomplete {
         writeln!(
@@ -252,7 +294,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     out.flush()?;
     drop(out);
     for r in &runs {
-        if let Some(w) = report::shortfall_warning(&cfg, r) {
+        if let Some(w) = report::text::shortfall_warning(&cfg, r) {
             eprintln!("echo-bench: {w}");
         }
     }
@@ -290,14 +332,14 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     if let Some(path) = &cfg.outputs.hgrm {
         for r in &runs {
             let mut buf = Vec::new();
-            report::write_hgrm(&mut buf, &r.latency, report::HGRM_NS_PER_UNIT)?;
+            report::hdr::write_hgrm(&mut buf, &r.latency, report::hdr::HGRM_NS_PER_UNIT)?;
             write_file(&per_target_path(path, &r.name, n), &buf, force)?;
         }
     }
     if let (Some(path), Some(interval)) = (&cfg.outputs.hlog, cfg.load.interval) {
         for r in &runs {
             let mut buf = Vec::new();
-            report::write_hlog(&mut buf, r, crate::clock::duration_to_ns(interval))?;
+            report::hdr::write_hlog(&mut buf, r, crate::clock::duration_to_ns(interval))?;
             write_file(&per_target_path(path, &r.name, n), &buf, force)?;
         }
     }

@@ -10,6 +10,9 @@
 //!
 //! Readiness is the server's `listening on <addr>` stdout line, awaited with a timeout; a
 //! printed unspecified address (`0.0.0.0`, `[::]`) is replaced by the loopback of its family.
+//! From stderr, echo-bench keeps the last lines (for error messages), the `summary:` line the
+//! server prints at exit, and the first `features: key=value ...` line (what the server found
+//! the kernel supports), verbatim, so that saved results say which server features ran.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -37,7 +40,11 @@ pub struct Spawned {
     pub addr: SocketAddr,
     child: Option<Child>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    features: Arc<Mutex<Option<String>>>,
 }
+
+/// Prefix of the stderr line in which a server lists its features.
+pub const FEATURES_PREFIX: &str = "features: ";
 
 /// Replace an unspecified address by the loopback address of the same family.
 pub fn connectable(addr: SocketAddr) -> SocketAddr {
@@ -109,14 +116,22 @@ impl Spawned {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let features = Arc::new(Mutex::new(None));
         {
             let tail = tail.clone();
+            let features = features.clone();
             std::thread::Builder::new()
                 .name("server-stderr".into())
                 .spawn(move || {
                     for line in BufReader::new(stderr).lines() {
                         match line {
-                            Ok(l) => push_tail(&tail, l),
+                            Ok(l) => {
+                                if l.starts_with(FEATURES_PREFIX) {
+                                    let mut f = features.lock().unwrap_or_else(|p| p.into_inner());
+                                    f.get_or_insert_with(|| l.clone());
+                                }
+                                push_tail(&tail, l)
+                            }
                             Err(_) => break,
                         }
                     }
@@ -155,6 +170,7 @@ impl Spawned {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             child: Some(child),
             stderr: tail,
+            features,
         };
         let deadline = Instant::now() + ready_timeout;
         loop {
@@ -238,6 +254,14 @@ impl Spawned {
             );
         }
         Ok(())
+    }
+
+    /// The server's first `features:` stderr line, verbatim, if it printed one so far.
+    pub fn features(&self) -> Option<String> {
+        self.features
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The last stderr lines, joined with ` | `.

@@ -26,9 +26,10 @@ fn invalid_flag_values_exit_2_with_one_line() {
     assert_one_line_error(&["--rate", "0", "127.0.0.1:9"], 2, "greater than zero");
     assert_one_line_error(&["--size", "0", "127.0.0.1:9"], 2, "at least 12 bytes");
     assert_one_line_error(&["--size", "8", "127.0.0.1:9"], 2, "at least 12 bytes");
-    assert_one_line_error(&["-d", "banana", "127.0.0.1:9"], 2, "expected a duration");
+    assert_one_line_error(&["-d", "banana", "127.0.0.1:9"], 2, "is not a duration");
     assert_one_line_error(&["-d", "0s", "127.0.0.1:9"], 2, "longer than zero");
-    assert_one_line_error(&["--client-cpus", "3-1", "127.0.0.1:9"], 2, "reversed");
+    assert_one_line_error(&["--client-cpus", "3-1", "127.0.0.1:9"], 2, "backwards");
+    assert_one_line_error(&["--client-cpus", "0,0", "127.0.0.1:9"], 2, "listed twice");
     assert_one_line_error(&["--no-such-flag", "127.0.0.1:9"], 2, "--no-such-flag");
     assert_one_line_error(&["merge"], 2, "FILE.hlog");
     assert_one_line_error(&["--interval", "1ns", "127.0.0.1:9"], 2, "at least 1ms");
@@ -126,7 +127,7 @@ fn output_files_are_not_overwritten_without_force() {
     let mut forced = args.to_vec();
     forced.insert(0, "--force");
     expect_success(&run(&forced));
-    assert_eq!(read_json(&json)["schema_version"], 1);
+    assert_eq!(read_json(&json)["schema_version"], 2);
 }
 
 #[test]

@@ -57,7 +57,8 @@ fn delay_server_median_is_the_delay() {
 
 /// Open loop against a server that stalls once for a second: the stall shows in the
 /// latency measured from the intended send time, but not in the service time, where only
-/// the few messages actually in flight during the stall are slow.
+/// the few messages actually in flight during the stall are slow; and the rate intervals of
+/// the stall (nothing completes) and of the catching up (more than intended) are listed.
 #[test]
 fn a_stall_shows_in_corrected_latency_not_in_service_time() {
     let _serial = timing_lock();
@@ -77,13 +78,33 @@ fn a_stall_shows_in_corrected_latency_not_in_service_time() {
         "2s",
         "--warmup",
         "200ms",
+        "--interval",
+        "250ms",
         "--json",
         &path_str(&json),
         &server.target(),
     ]);
-    expect_success(&out);
+    let text = expect_success(&out);
     let j = read_json(&json);
     let t = &j["targets"][0];
+    assert_eq!(j["config"]["rate_interval_s"], 0.25);
+    let off = t["rounds"][0]["rate_intervals_off"].as_array().unwrap();
+    assert!(
+        off.iter()
+            .any(|i| i["achieved_per_s"].as_f64().unwrap() < 200.0
+                && (i["intended_per_s"].as_f64().unwrap() - 2000.0).abs() < 100.0),
+        "no stalled interval listed: {off:?}"
+    );
+    assert!(
+        off.iter()
+            .any(|i| i["achieved_per_s"].as_f64().unwrap() > 2100.0),
+        "no catching-up interval listed: {off:?}"
+    );
+    assert!(
+        text.contains("interval(s) missed the intended rate by more than 1%:")
+            && text.contains("intended 2000.0/s, achieved 0.0/s (0.0%)"),
+        "{text}"
+    );
     let corrected = &t["latency"];
     let service = &t["service_time"];
     assert_eq!(corrected["basis"], "intended send time");
@@ -137,6 +158,15 @@ fn a_missed_rate_is_flagged() {
     );
     assert!(stderr(&out).contains("WARNING"));
     let j = read_json(&json);
+    // The warning names who did not keep up, as the client-bound verdict says: on a quiet
+    // machine the client keeps its schedule (every send it could make left on time) and the
+    // server is named; a machine busy enough to delay the client makes it the client.
+    let named = if j["client_bound"] == true {
+        "the client was the bottleneck"
+    } else {
+        "the server did not keep up, the client was not the bottleneck"
+    };
+    assert!(text.contains(named), "{text}");
     assert_eq!(j["rate_shortfall"], true);
     let t = &j["targets"][0];
     assert_eq!(t["rate_shortfall"], true);

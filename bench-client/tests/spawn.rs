@@ -187,15 +187,23 @@ fn ctrl_c_stops_the_run_and_the_server() {
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     // "started spawn1: pid N listening on ADDR"
-    let pid: u64 = line
-        .split_whitespace()
-        .skip_while(|w| *w != "pid")
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let word_after = |key: &str| {
+        line.split_whitespace()
+            .skip_while(|w| *w != key)
+            .nth(1)
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    let pid: u64 = word_after("pid").parse().unwrap();
+    let addr: std::net::SocketAddr = word_after("on").parse().unwrap();
     assert!(pid_alive(pid));
-    std::thread::sleep(Duration::from_millis(300)); // let the load start
-                                                    // SAFETY: kill(2) on our own child's PID.
+    // The load runs once the server has accepted both connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while established_to(addr.port()) < 2 {
+        assert!(Instant::now() < deadline, "echo-bench never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child's PID.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let started = Instant::now();
     let status = loop {

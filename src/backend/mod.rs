@@ -1,28 +1,35 @@
-//! Worker threads and the accept loop, shared by both I/O engines.
+//! Worker threads, and the accept loop of the two tokio engines.
 //!
-//! A worker is one OS thread with one current-thread runtime (tokio-uring's, or tokio's with a
-//! `LocalSet`) and one listening socket. The engines ([`uring`], [`epoll`]) only build their
-//! runtime, wrap the listener and provide accept and the [`EchoStream`]; everything else—limits,
-//! backoff, draining, counting—is [`serve`], written once so that an A/B comparison differs only
-//! in the I/O engine.
+//! A worker is one OS thread with one engine and one listening socket. `run_worker` pins it
+//! and hands it to the engine `--runtime` names:
+//! - `uring` (tokio-uring) and `epoll` (tokio) only build their runtime, wrap the listener
+//!   and provide accept and the `EchoStream`; the accept loop, draining and the echo loop are
+//!   `serve` and `conn`, written once for both;
+//! - [`uring_multishot`] is its own event loop on the raw `io-uring` crate.
 //!
-//! Worker lifecycle:
+//! What happens to connections (admission, accept back-off and its log, error kinds, drain grace,
+//! idle timing) is [`crate::policy`] for all three, so an A/B comparison differs only in the I/O
+//! engine.
+//!
+//! Worker lifecycle of the tokio engines (the multishot engine follows the same steps with
+//! io_uring operations, see its module docs):
 //! 1. pin to its CPU (if asked), build the runtime, register the listener (and fixed buffers);
 //! 2. report ready (the ready line waits for every worker) or the setup error;
 //! 3. accept until the stop token fires; each connection becomes a task tracked by a
 //!    `TaskTracker`;
 //! 4. stop: interrupt the pending accept with `shutdown(SHUT_RD)` on the listener (a submitted
 //!    io_uring accept cannot be dropped safely), close the listener, wait for connections up to
-//!    the drain timeout, then shut the rest down and wait briefly for them to finish.
+//!    the drain timeout, then shut the rest down and wait [`DRAIN_GRACE`] for them to finish;
+//!    tasks still running then are dropped with the runtime (tokio-uring's driver cancels their
+//!    operations when it is dropped).
 
 pub(crate) mod epoll;
-pub(crate) mod multishot;
 pub(crate) mod uring;
+pub mod uring_multishot;
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -30,16 +37,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::{Config, RuntimeKind};
-use crate::conn::{self, ActiveSlot, ConnCtx, EchoStream, Registry};
+use crate::conn::{self, ConnCtx, EchoStream, Registry};
+use crate::policy::{
+    accept_error_class, AcceptBackoff, AcceptErrorClass, AcceptErrorLog, Admission, IdleSweep,
+    DRAIN_GRACE,
+};
+use crate::probe::Usage;
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-
-/// First and largest pause after a failed accept.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
-/// At most one accept-error log line per this period.
-const ACCEPT_LOG_PERIOD: Duration = Duration::from_secs(1);
-/// After forcing connections closed, how long to wait for their tasks.
-const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
+use crate::stats::{Counts, Stats};
 
 /// A listening socket wrapped for one engine.
 pub(crate) trait Listener: AsRawFd {
@@ -59,8 +64,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: Shutdown,
-    /// Open connections over all workers, for `--max-connections`.
-    pub(crate) active: Arc<AtomicUsize>,
+    /// Open connections over all workers and `--max-connections`.
+    pub(crate) admission: Admission,
 }
 
 /// What one worker thread starts with.
@@ -71,18 +76,25 @@ pub(crate) struct Worker {
     pub(crate) ready: Ready,
 }
 
-/// Reports a worker's setup outcome to the thread that prints the ready line, exactly once.
-pub(crate) struct Ready(mpsc::Sender<anyhow::Result<()>>);
+/// Reports a worker's setup outcome to the thread that prints the ready line, exactly once: the
+/// error, or what the worker's engine does with the kernel's io_uring features (the
+/// `features:` line is made from it, so it says what the engines actually decided).
+pub(crate) struct Ready(mpsc::Sender<anyhow::Result<Usage>>);
 
 impl Ready {
-    pub(crate) fn new(tx: mpsc::Sender<anyhow::Result<()>>) -> Ready {
+    pub(crate) fn new(tx: mpsc::Sender<anyhow::Result<Usage>>) -> Ready {
         Ready(tx)
     }
 
-    /// Setup succeeded: this worker accepts.
+    /// Setup succeeded: this worker accepts, using no io_uring feature (epoll).
     pub(crate) fn ok(self) {
+        self.ok_with(Usage::new());
+    }
+
+    /// Setup succeeded: this worker accepts, with this use of io_uring features.
+    pub(crate) fn ok_with(self, usage: Usage) {
         // The receiver only goes away once startup is over; nothing to report to then.
-        let _ = self.0.send(Ok(()));
+        let _ = self.0.send(Ok(usage));
     }
 
     /// Setup failed; the server will stop and exit with this error.
@@ -105,8 +117,8 @@ pub(crate) fn run_worker(worker: Worker) {
     match worker.shared.config.runtime {
         RuntimeKind::Uring => uring::run_worker(worker),
         RuntimeKind::Epoll => epoll::run_worker(worker),
-        // Its own event loop (no tokio runtime, no `serve`), with the same limits and counting.
-        RuntimeKind::UringMultishot => multishot::run_worker(worker),
+        // Its own event loop (no tokio runtime, no `serve`), with the same policy.
+        RuntimeKind::UringMultishot => uring_multishot::run_worker(worker),
     }
 }
 
@@ -132,7 +144,7 @@ pub(crate) async fn serve<L: Listener>(listener: L, index: usize, shared: Arc<Sh
     let tracker = TaskTracker::new();
     let sweeper = config.idle_timeout.map(|idle| {
         let registry = Rc::clone(&registry);
-        tokio::task::spawn_local(async move { registry.sweep_idle(idle).await })
+        tokio::task::spawn_local(async move { registry.sweep_idle(IdleSweep::new(idle)).await })
     });
     let ctx = Rc::new(ConnCtx {
         registry: Rc::clone(&registry),
@@ -160,8 +172,12 @@ async fn accept_loop<L: Listener>(
     let stats = shared.stats.worker(ctx.worker);
     let stopped = shared.shutdown.stop_token().cancelled();
     tokio::pin!(stopped);
-    let mut backoff = ACCEPT_BACKOFF.0;
-    let mut log = RateLimitedLog::default();
+    let mut backoff = AcceptBackoff::default();
+    let mut log = AcceptErrorLog::default();
+    let rejected = Counts {
+        rejected: 1,
+        ..Counts::default()
+    };
 
     loop {
         let accept = listener.accept();
@@ -172,11 +188,11 @@ async fn accept_loop<L: Listener>(
             _ = &mut stopped => {
                 // A submitted io_uring accept cannot be dropped safely (it would still complete,
                 // with a connection nobody closes). shutdown(SHUT_RD) on a listening socket makes
-                // a pending accept fail with EINVAL on both engines; wait for that.
+                // a pending accept fail with EINVAL on both tokio engines; wait for that.
                 // SAFETY: plain syscall on the listener's open fd.
                 unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
                 if let Ok(Ok(_late)) = tokio::time::timeout(Duration::from_secs(1), accept).await {
-                    stats.rejected();
+                    stats.add(&rejected);
                 }
                 return;
             }
@@ -184,56 +200,51 @@ async fn accept_loop<L: Listener>(
 
         let stream = match result {
             Ok(stream) => {
-                backoff = ACCEPT_BACKOFF.0;
+                backoff.succeeded();
                 stream
             }
             Err(err) => {
-                stats.accept_error();
-                if is_transient_accept_error(&err) {
-                    // The peer gave up before we accepted; nothing wrong on our side.
+                stats.add(&Counts {
+                    accept_errors: 1,
+                    ..Counts::default()
+                });
+                if accept_error_class(err.raw_os_error()) == AcceptErrorClass::Transient {
                     debug!(error = %err, "accept: connection aborted");
                     continue;
                 }
-                log.warn(&err);
-                // Out of fds or memory: accepting again at once would spin. Pause, growing
-                // the pause while the condition lasts; closing connections will end it.
+                let pause = backoff.failed();
+                log.record(Instant::now(), &err, pause);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = &mut stopped => {}
                 }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                 continue;
             }
         };
 
-        let Some(slot) = ActiveSlot::acquire(&shared.active, config.max_connections) else {
-            stats.rejected();
+        let Some(admitted) = shared.admission.admit() else {
+            stats.add(&rejected);
             drop(stream);
             continue;
         };
-        stats.accepted();
+        stats.add(&Counts {
+            accepted: 1,
+            ..Counts::default()
+        });
         if config.nodelay {
             if let Err(err) = stream.set_nodelay(true) {
                 debug!(error = %err, "cannot set TCP_NODELAY");
             }
         }
         let buf = listener.buffer();
-        tracker.spawn_local(conn::serve(stream, buf, slot, Rc::clone(ctx)));
+        tracker.spawn_local(conn::serve(stream, buf, admitted, Rc::clone(ctx)));
         // Let the connections run before accepting the next one. Without this, while accept
         // keeps succeeding (a connect/close storm), tokio's cooperative budget lets this loop
-        // accept ~128 connections per turn while the local set polls only ~61 tasks: accepted
-        // but unserved connections piled up to 11,000+ open fds from 4 clients, and a server
-        // with the default 1024-fd limit hit EMFILE. Costs one scheduler turn per accept.
+        // accept many connections per turn while the local set polls only some of the
+        // connection tasks: accepted but unserved connections pile up until the fd limit (see
+        // bench/README.md). Costs one scheduler turn per accept.
         tokio::task::yield_now().await;
     }
-}
-
-/// Errors that concern one aborted handshake, not the server.
-fn is_transient_accept_error(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO | libc::EPERM)
-    )
 }
 
 async fn drain(index: usize, shared: &Shared, tracker: &TaskTracker, registry: &Registry) {
@@ -251,7 +262,7 @@ async fn drain(index: usize, shared: &Shared, tracker: &TaskTracker, registry: &
             "closing connections still open after the drain timeout"
         );
         registry.force_all();
-        if tokio::time::timeout(FORCED_CLOSE_WAIT, tracker.wait())
+        if tokio::time::timeout(DRAIN_GRACE, tracker.wait())
             .await
             .is_err()
         {
@@ -261,33 +272,5 @@ async fn drain(index: usize, shared: &Shared, tracker: &TaskTracker, registry: &
                 "connections did not finish after shutdown(2)"
             );
         }
-    }
-}
-
-/// Logs accept errors at most once per [`ACCEPT_LOG_PERIOD`], with the number suppressed.
-#[derive(Default)]
-struct RateLimitedLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    fn warn(&mut self, err: &io::Error) {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now - last < ACCEPT_LOG_PERIOD) {
-            self.suppressed += 1;
-            return;
-        }
-        let hint = match err.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => " (raise `ulimit -n` or set --max-connections)",
-            _ => "",
-        };
-        warn!(
-            error = %err,
-            suppressed = self.suppressed,
-            "accept failed; retrying with backoff{hint}"
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }

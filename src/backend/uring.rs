@@ -29,6 +29,7 @@ use tokio_uring::buf::BoundedBuf;
 use super::{Listener, Worker};
 use crate::config::Config;
 use crate::conn::EchoStream;
+use crate::probe::{self, Feature, Features, Usage};
 
 const PAGE_SIZE: usize = 4096;
 
@@ -53,13 +54,23 @@ pub(crate) fn run_worker(worker: Worker) {
     let rt = match tokio_uring::Runtime::new(&builder) {
         Ok(rt) => rt,
         Err(err) => {
-            ready.fail(anyhow::Error::new(err).context(format!(
-                "cannot set up io_uring ({})",
-                describe_setup(&shared.config)
-            )));
+            let mut flags = Vec::new();
+            if uring.coop_taskrun {
+                flags.push(Feature::CoopTaskrun);
+            }
+            if uring.sqpoll_idle_ms.is_some() {
+                flags.push(Feature::Sqpoll);
+            }
+            ready.fail(
+                anyhow::anyhow!(probe::explain_setup_error(&err, &flags)).context(format!(
+                    "cannot set up io_uring ({})",
+                    describe_setup(&shared.config)
+                )),
+            );
             return;
         }
     };
+    let usage = usage(&shared.config, &probe::features());
     rt.block_on(async move {
         let listener = tokio_uring::net::TcpListener::from_std(listener);
         let pool = if shared.config.uring.fixed_buffers {
@@ -73,7 +84,7 @@ pub(crate) fn run_worker(worker: Worker) {
         } else {
             None
         };
-        ready.ok();
+        ready.ok_with(usage);
         let listener = UringListener {
             inner: listener,
             pool,
@@ -81,6 +92,23 @@ pub(crate) fn run_worker(worker: Worker) {
         };
         super::serve(listener, index, Arc::clone(&shared)).await;
     });
+}
+
+/// What the tokio-uring engine does with each feature: its ring is set up by tokio-uring with
+/// only the flags given (`--coop-taskrun`, `--sqpoll`), and its single-shot socket operations
+/// rely on fast poll (without it the kernel runs them in worker threads) and on never-dropped
+/// completions.
+pub(crate) fn usage(config: &Config, features: &Features) -> Usage {
+    let mut u = Usage::new();
+    u.decide(Feature::Nodrop, true, features);
+    u.decide(Feature::FastPoll, true, features);
+    u.decide(Feature::CoopTaskrun, config.uring.coop_taskrun, features);
+    u.decide(
+        Feature::Sqpoll,
+        config.uring.sqpoll_idle_ms.is_some(),
+        features,
+    );
+    u
 }
 
 fn describe_setup(config: &Config) -> String {
@@ -191,7 +219,7 @@ impl AsRawFd for UringStream {
 impl EchoStream for UringStream {
     type Buf = UringBuf;
 
-    async fn read(&self, buf: UringBuf) -> (io::Result<usize>, UringBuf) {
+    async fn read(&mut self, buf: UringBuf) -> (io::Result<usize>, UringBuf) {
         match buf {
             UringBuf::Heap(v) => {
                 let (res, v) = self.0.read(v).await;
@@ -204,7 +232,7 @@ impl EchoStream for UringStream {
         }
     }
 
-    async fn write_all(&self, buf: UringBuf, len: usize) -> (io::Result<()>, UringBuf) {
+    async fn write_all(&mut self, buf: UringBuf, len: usize) -> (io::Result<()>, UringBuf) {
         match buf {
             UringBuf::Heap(v) => {
                 let (res, slice) = self.0.write_all(v.slice(..len)).await;

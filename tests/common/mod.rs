@@ -1,4 +1,5 @@
-//! Test harness: runs the real `uring-echo` binary and talks to it over loopback.
+//! Test harness: runs the real `uring-echo` binary (any of its three engines) and talks to it
+//! over loopback.
 //!
 //! `TestServer::spawn` starts the server on port 0, waits (bounded) for the `listening on` line
 //! and captures stderr so a failing test can show it. `Drop` sends SIGTERM, then SIGKILL if the
@@ -18,30 +19,30 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Both engines; tests that apply to both run once per entry.
+/// The three engines; tests that apply to all run once per entry.
 pub const RUNTIMES: [&str; 3] = ["uring", "epoll", "uring-multishot"];
 
-/// Every flag of the server, for the --help test and the command-line fuzzer.
-pub const SERVER_FLAGS: [&str; 18] = [
-    "--runtime",
-    "--listen",
-    "--threads",
-    "--cpus",
-    "--pin",
-    "--backlog",
-    "--buffer-size",
-    "--ipv6-only",
-    "--no-nodelay",
-    "--max-connections",
-    "--idle-timeout",
-    "--drain-timeout",
-    "--stats-interval",
-    "--ring-entries",
-    "--sqpoll",
-    "--coop-taskrun",
-    "--fixed-buffers",
-    "--batch-wait",
-];
+/// Every long flag of the server (`--runtime`, ...), read from its clap definition, so that a
+/// new flag cannot escape the --help test and the command-line fuzzer.
+pub fn server_flags() -> Vec<String> {
+    use clap::CommandFactory;
+    uring_echo::config::Cli::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .map(|long| format!("--{long}"))
+        .collect()
+}
+
+/// The long flags hidden from `--help` (developer flags, documented in README "Kernels").
+pub fn hidden_server_flags() -> Vec<String> {
+    use clap::CommandFactory;
+    uring_echo::config::Cli::command()
+        .get_arguments()
+        .filter(|arg| arg.is_hide_set())
+        .filter_map(|arg| arg.get_long())
+        .map(|long| format!("--{long}"))
+        .collect()
+}
 
 /// How long a server may take to print its ready line (debug build, busy CI machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -121,6 +122,12 @@ impl Exited {
         }
     }
 
+    /// The `features:` line's key=value pairs; panics (showing stderr) if there is none.
+    pub fn features(&self) -> HashMap<String, String> {
+        parse_line(&self.stderr, "features: ")
+            .unwrap_or_else(|| panic!("no features line in stderr:\n{}", self.stderr))
+    }
+
     /// Non-empty stderr lines.
     pub fn stderr_lines(&self) -> Vec<&str> {
         self.stderr
@@ -173,13 +180,18 @@ impl TestServer {
 
     /// Starts the server; if it exits (or stays silent past the timeout) returns what it printed.
     pub fn try_spawn(args: &[&str], limits: &[Rlimit]) -> Result<TestServer, Exited> {
-        Self::try_spawn_wrapped(&[], args, limits)
+        Self::try_spawn_wrapped(&[], args, limits, None)
+    }
+
+    /// Like [`TestServer::try_spawn`], running `pre_exec` in the child before exec.
+    pub fn try_spawn_pre_exec(args: &[&str], pre_exec: PreExec) -> Result<TestServer, Exited> {
+        Self::try_spawn_wrapped(&[], args, &[], Some(pre_exec))
     }
 
     /// Like [`TestServer::spawn`], started through `wrapper` (e.g. `ip netns exec NS`), which
     /// must exec the server in place so that the PID is the server's.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> TestServer {
-        match Self::try_spawn_wrapped(wrapper, args, &[]) {
+        match Self::try_spawn_wrapped(wrapper, args, &[], None) {
             Ok(server) => server,
             Err(exited) => panic!(
                 "server {wrapper:?} {args:?} did not become ready ({}); stderr:\n{}",
@@ -192,6 +204,7 @@ impl TestServer {
         wrapper: &[&str],
         args: &[&str],
         limits: &[Rlimit],
+        pre_exec: Option<PreExec>,
     ) -> Result<TestServer, Exited> {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -207,6 +220,7 @@ impl TestServer {
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info");
         apply_limits(&mut cmd, limits);
+        apply_pre_exec(&mut cmd, pre_exec);
         let mut child = cmd.spawn().expect("cannot start uring-echo");
         let pid = child.id();
 
@@ -450,14 +464,33 @@ fn apply_limits(cmd: &mut Command, limits: &[Rlimit]) {
     }
 }
 
+/// Code run in the child between fork and exec (`CommandExt::pre_exec`: async-signal-safe
+/// calls only, e.g. prctl).
+pub type PreExec = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
+fn apply_pre_exec(cmd: &mut Command, pre_exec: Option<PreExec>) {
+    if let Some(hook) = pre_exec {
+        // SAFETY: the caller's hook is async-signal-safe (the PreExec contract).
+        unsafe {
+            cmd.pre_exec(move || hook());
+        }
+    }
+}
+
 /// Runs the binary to completion (bounded); for flag and startup errors.
 pub fn run_to_exit(args: &[&str], limits: &[Rlimit]) -> Exited {
+    run_to_exit_with(args, limits, None)
+}
+
+/// [`run_to_exit`], running `pre_exec` in the child before exec.
+pub fn run_to_exit_with(args: &[&str], limits: &[Rlimit], pre_exec: Option<PreExec>) -> Exited {
     let mut cmd = Command::new(binary());
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     apply_limits(&mut cmd, limits);
+    apply_pre_exec(&mut cmd, pre_exec);
     let mut child = cmd.spawn().expect("cannot start uring-echo");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

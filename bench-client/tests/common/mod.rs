@@ -35,11 +35,56 @@ pub enum Behavior {
     ExtraAfter { bytes: u64, delay: Duration },
 }
 
+/// A listener whose accept thread hands every connection to `serve`, on a thread of its own;
+/// dropping it stops accepting and joins the accept thread.
+pub struct Acceptor {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Acceptor {
+    pub fn start<F>(bind: &str, serve: F) -> Acceptor
+    where
+        F: Fn(TcpStream) + Clone + Send + 'static,
+    {
+        let listener = TcpListener::bind(bind).expect("bind test server");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let serve = serve.clone();
+                std::thread::spawn(move || serve(stream));
+            }
+        });
+        Acceptor {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Unblock accept().
+        let _ = TcpStream::connect(self.addr);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub addr_str: String,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl TestServer {
@@ -48,42 +93,17 @@ impl TestServer {
     }
 
     pub fn start_on(bind: &str, behavior: Behavior) -> TestServer {
-        let listener = TcpListener::bind(bind).expect("bind test server");
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
         let first_byte: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
-        let stop2 = stop.clone();
-        let accept = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let first_byte = first_byte.clone();
-                std::thread::spawn(move || serve(stream, behavior, &first_byte));
-            }
-        });
+        let acceptor = Acceptor::start(bind, move |stream| serve(stream, behavior, &first_byte));
         TestServer {
-            addr,
-            addr_str: addr.to_string(),
-            stop,
-            accept: Some(accept),
+            addr: acceptor.addr,
+            addr_str: acceptor.addr.to_string(),
+            _acceptor: acceptor,
         }
     }
 
     pub fn target(&self) -> String {
         self.addr.to_string()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Unblock accept().
-        let _ = TcpStream::connect(self.addr);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -259,5 +279,78 @@ pub fn pid_alive(pid: u64) -> bool {
             state != Some("Z")
         }
         Err(_) => false,
+    }
+}
+
+/// Established TCP connections on this machine whose local port is `port` (the server side of
+/// the connections to a server listening there), from /proc/net/tcp and /proc/net/tcp6.
+pub fn established_to(port: u16) -> usize {
+    const ESTABLISHED: &str = "01";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let local_port = f
+                        .get(1)
+                        .and_then(|a| a.rsplit_once(':'))
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                    local_port == Some(port) && f.get(3) == Some(&ESTABLISHED)
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// An echo server with a known capacity: every message (`size` bytes, from any connection)
+/// waits for one worker that serves one message at a time and takes exactly `service` per
+/// message, in virtual time: a message is done at `max(arrival, previous done) + service`, and
+/// the worker sleeps until then. A late wake-up delays that message but not the ones after
+/// it, so the capacity is exactly one message per `service` whatever the machine's jitter.
+pub struct ServiceServer {
+    pub addr: SocketAddr,
+    _acceptor: Acceptor,
+}
+
+type Job = (Instant, Arc<TcpStream>, Vec<u8>);
+
+impl ServiceServer {
+    pub fn start(size: usize, service: Duration) -> ServiceServer {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            let mut done = Instant::now();
+            for (arrived, stream, msg) in queue {
+                done = done.max(arrived) + service;
+                let now = Instant::now();
+                if done > now {
+                    std::thread::sleep(done - now);
+                }
+                let _ = (&*stream).write_all(&msg);
+            }
+        });
+        let acceptor = Acceptor::start("127.0.0.1:0", move |stream: TcpStream| {
+            let _ = stream.set_nodelay(true);
+            let stream = Arc::new(stream);
+            let mut msg = vec![0u8; size];
+            while (&*stream).read_exact(&mut msg).is_ok() {
+                if jobs
+                    .send((Instant::now(), stream.clone(), msg.clone()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        ServiceServer {
+            addr: acceptor.addr,
+            _acceptor: acceptor,
+        }
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
     }
 }

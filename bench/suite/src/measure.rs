@@ -1,19 +1,22 @@
 //! Running things and reading back what they measured.
 //!
-//! Every process started here is a child stopped by PID (SIGTERM, then SIGKILL after a
-//! timeout) through [`Child`] guards, talks only to 127.0.0.1, and every run is bounded by the
-//! plan's durations. Servers are pinned with `taskset` to the server CPU, clients to the
-//! client CPU.
+//! Servers the suite starts itself (side runs) go through echo-bench's own spawn code
+//! ([`Spawned`]): pinned to the server CPU, ready when they print `listening on`, their stderr
+//! kept for the error message when they fail, stopped by PID (SIGTERM, then SIGKILL) when the
+//! guard drops. echo-bench's reports are read through its own typed report structs
+//! ([`JsonReport`]), so a field echo-bench renames fails the read instead of becoming zero.
+//! Everything talks only to 127.0.0.1, and every run is bounded by the plan's durations.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::Value;
+use echo_bench::report::{JsonReport, TargetJson};
+use echo_bench::spawn::Spawned;
+use serde::Deserialize;
 
 use crate::plan::{Cell, Plan};
 use crate::Bins;
@@ -199,37 +202,6 @@ pub struct Results {
     pub failures: Vec<String>,
 }
 
-/// A child process stopped by PID when dropped.
-struct Child(std::process::Child);
-
-impl Child {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child's PID, which has not been reaped yet.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            self.stop();
-        }
-    }
-}
-
 fn shell_quote(args: &[String]) -> String {
     args.iter()
         .map(|a| {
@@ -245,49 +217,48 @@ fn shell_quote(args: &[String]) -> String {
         .join(" ")
 }
 
-/// Starts a server pinned to `cpu` and waits (bounded) for its `listening on` line.
+/// How long a side-run server may take to print its `listening on` line.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Starts a server pinned to `cpu` with echo-bench's spawn code and waits (bounded) for its
+/// `listening on` line. The command logged is the shell equivalent (`taskset -c CPU ...`).
 fn spawn_server(
     spec: &ServerSpec,
     cpu: usize,
     log: &mut Vec<String>,
-) -> anyhow::Result<(Child, String)> {
-    let mut argv = vec!["taskset".to_string(), "-c".into(), cpu.to_string()];
-    argv.extend(spec.argv.iter().cloned());
-    log.push(shell_quote(&argv));
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", spec.name))?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let guard = Child(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(15))
-        .map_err(|_| anyhow!("{} printed no `listening on` line within 15 s", spec.name))?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| anyhow!("{}: unexpected first line {line:?}", spec.name))?
-        .to_string();
-    Ok((guard, addr))
+) -> anyhow::Result<(Spawned, String)> {
+    let mut logged = vec!["taskset".to_string(), "-c".into(), cpu.to_string()];
+    logged.extend(spec.argv.iter().cloned());
+    log.push(shell_quote(&logged));
+    let server = Spawned::start(
+        spec.name,
+        &spec.command_line(),
+        &spec.argv,
+        Some(&[cpu]),
+        SPAWN_TIMEOUT,
+    )?;
+    let addr = server.addr.to_string();
+    Ok((server, addr))
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
+/// Reads an echo-bench JSON report through echo-bench's own report types.
+pub fn read_report(path: &Path) -> anyhow::Result<JsonReport> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an echo-bench report", path.display()))
 }
 
-fn f(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+/// The one target of a single-target report.
+fn only_target(report: &JsonReport, path: &Path) -> anyhow::Result<TargetJson> {
+    match report.targets.as_slice() {
+        [t] => Ok(t.clone()),
+        ts => bail!(
+            "{}: expected one target, found {}",
+            path.display(),
+            ts.len()
+        ),
+    }
 }
 
 /// Runs echo-bench with `args` (plus `--json path --force --quiet`) and returns the report.
@@ -298,7 +269,7 @@ fn echo_bench(
     json: &Path,
     what: &str,
     results: &mut Results,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<JsonReport> {
     let mut argv = vec![bins.echo_bench.display().to_string()];
     argv.extend(args.iter().cloned());
     argv.extend([
@@ -320,50 +291,35 @@ fn echo_bench(
             json.display()
         ));
     }
-    read_json(json)
+    read_report(json)
 }
 
-fn parse_targets(report: &Value) -> Vec<TargetResult> {
-    let empty = Vec::new();
-    let targets = report
-        .get("targets")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    targets
+/// The suite's view of every target of a report.
+pub fn parse_targets(report: &JsonReport) -> Vec<TargetResult> {
+    report
+        .targets
         .iter()
-        .map(|t| {
-            let mut rounds = BTreeMap::new();
-            for r in t.get("rounds").and_then(Value::as_array).unwrap_or(&empty) {
-                let n = r.get("round").and_then(Value::as_u64).unwrap_or(0);
-                rounds.insert(
-                    n,
-                    Round {
-                        msgs_per_s: f(r, "msgs_per_s"),
-                        server_cpu_ns: r.get("server_cpu_ns_per_msg").and_then(Value::as_f64),
-                        p99_us: f(r, "p99_us"),
-                    },
-                );
-            }
-            let lat = t.get("latency").cloned().unwrap_or(Value::Null);
-            TargetResult {
-                name: t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string(),
-                rounds,
-                p50_us: f(&lat, "p50_us"),
-                p99_us: f(&lat, "p99_us"),
-                p999_us: f(&lat, "p999_us"),
-                service_p99_us: t
-                    .get("service_time")
-                    .and_then(|s| s.get("p99_us"))
-                    .and_then(Value::as_f64),
-                rate_shortfall: t
-                    .get("rate_shortfall")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            }
+        .map(|t| TargetResult {
+            name: t.info.name.clone(),
+            rounds: t
+                .rounds
+                .iter()
+                .map(|r| {
+                    (
+                        r.round as u64,
+                        Round {
+                            msgs_per_s: r.msgs_per_s,
+                            server_cpu_ns: r.server_cpu_ns_per_msg,
+                            p99_us: r.p99_us,
+                        },
+                    )
+                })
+                .collect(),
+            p50_us: t.latency.p50_us,
+            p99_us: t.latency.p99_us,
+            p999_us: t.latency.p999_us,
+            service_p99_us: t.service_time.as_ref().map(|s| s.p99_us),
+            rate_shortfall: t.rate_shortfall,
         })
         .collect()
 }
@@ -475,7 +431,7 @@ fn syscall_run(
         "-e".into(),
         events.into(),
         "-p".into(),
-        server.pid().to_string(),
+        server.pid().context("server pid")?.to_string(),
         "--".into(),
         bins.echo_bench.display().to_string(),
     ];
@@ -501,9 +457,8 @@ fn syscall_run(
             spec.name
         );
     }
-    let report = read_json(&json)?;
-    let t = &report["targets"][0];
-    let messages = t["warmup_messages"].as_u64().unwrap_or(0) + t["messages"].as_u64().unwrap_or(0);
+    let t = only_target(&read_report(&json)?, &json)?;
+    let messages = t.warmup_messages + t.messages;
     let text = std::fs::read_to_string(&perf_out)?;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for line in text
@@ -593,7 +548,7 @@ fn rss_run(
         ],
     );
     let (mut server, addr) = spawn_server(&spec, plan.server_cpu, &mut results.commands)?;
-    let pid = server.pid();
+    let pid = server.pid().context("server pid")?;
     // taskset/prlimit exec the server, so the child's PID is the server's.
     let base_kib = vm_rss_kib(pid)?;
     let fds_before = fd_count(pid)?;
@@ -645,6 +600,13 @@ fn rss_run(
     })
 }
 
+/// The JSON line ref-client prints (the fields the suite uses).
+#[derive(Deserialize)]
+struct RefClientReport {
+    msgs_per_s: f64,
+    client_cpu_ns_per_msg: f64,
+}
+
 /// Alternates echo-bench and ref-client against the floor server (the cheapest server, so the
 /// client's cost shows most).
 fn client_runs(bins: &Bins, plan: &Plan, out: &Path, results: &mut Results) -> anyhow::Result<()> {
@@ -660,7 +622,10 @@ fn client_runs(bins: &Bins, plan: &Plan, out: &Path, results: &mut Results) -> a
         let mut args = side_load_args(&addr, plan);
         args.extend(["--threads".into(), "1".into()]);
         let report = echo_bench(bins, &args, &json, "client efficiency", results)?;
-        let t = &report["targets"][0];
+        let t = only_target(&report, &json)?;
+        let bench_cpu_ns = t
+            .client_cpu_ns_per_msg
+            .with_context(|| format!("{}: no client CPU per message", json.display()))?;
         let argv: Vec<String> = vec![
             "taskset".into(),
             "-c".into(),
@@ -683,12 +648,13 @@ fn client_runs(bins: &Bins, plan: &Plan, out: &Path, results: &mut Results) -> a
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        let r: Value = serde_json::from_slice(&output.stdout).context("ref-client output")?;
+        let r: RefClientReport =
+            serde_json::from_slice(&output.stdout).context("ref-client output")?;
         results.client.push(ClientRound {
-            bench_rate: f(t, "msgs_per_s"),
-            bench_cpu_ns: f(t, "client_cpu_ns_per_msg"),
-            ref_rate: f(&r, "msgs_per_s"),
-            ref_cpu_ns: f(&r, "client_cpu_ns_per_msg"),
+            bench_rate: t.msgs_per_s,
+            bench_cpu_ns,
+            ref_rate: r.msgs_per_s,
+            ref_cpu_ns: r.client_cpu_ns_per_msg,
         });
     }
     server.stop();
@@ -769,4 +735,25 @@ pub fn run_all(bins: &Bins, plan: &Plan, out: &Path) -> anyhow::Result<Results> 
         results.failures.push(format!("client efficiency: {e:#}"));
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_fails_to_start_shows_its_stderr() {
+        let spec = ServerSpec {
+            name: "broken",
+            argv: ["sh", "-c", "echo 'cannot bind: boom' >&2; exit 3"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let mut log = Vec::new();
+        let err = format!("{:#}", spawn_server(&spec, 0, &mut log).err().unwrap());
+        assert!(err.contains("exited with status 3"), "{err}");
+        assert!(err.contains("cannot bind: boom"), "{err}");
+        assert_eq!(log.len(), 1);
+    }
 }

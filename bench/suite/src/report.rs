@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use echo_bench::compare::{per_round_ratios, significance, summarize, Significance, Summary};
+use echo_bench::report::rate_reached;
 use plotters::prelude::*;
 
 use crate::measure::{CellResult, Results, TargetResult, BATCHED, BATCH_WAIT};
@@ -32,11 +33,11 @@ fn cmd_line(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The target reached the open-loop rate in this round (echo-bench's own criterion: ≥ 99%).
+/// The target reached the open-loop rate in this round (echo-bench's own criterion).
 fn reached(t: &TargetResult, round: u64, rate: f64) -> bool {
     t.rounds
         .get(&round)
-        .is_some_and(|r| r.msgs_per_s >= 0.99 * rate)
+        .is_some_and(|r| rate_reached(r.msgs_per_s, rate))
 }
 
 fn per_round(
@@ -422,7 +423,6 @@ fn throughput_plots(r: &Results, out: &Path) -> anyhow::Result<Vec<String>> {
     Ok(files)
 }
 
-/// Writes results.md, summary.json, plots and a README with the exact commands and machine.
 /// What `--batch-wait` gains (CPU) and costs (latency), against the same engine without it, in
 /// every cell that ran both.
 fn batching_table(md: &mut String, r: &Results) {
@@ -474,6 +474,7 @@ fn batching_table(md: &mut String, r: &Results) {
     }
 }
 
+/// Writes results.md, the throughput plots and a README with the exact commands and machine.
 pub fn write(plan: &Plan, r: &Results, out: &Path) -> anyhow::Result<()> {
     let kernel = cmd_line("uname", &["-srm"])?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -1,4 +1,5 @@
-//! Statistics for comparing targets over interleaved rounds.
+//! Statistics for comparing targets over interleaved rounds, and the comparison built from them
+//! ([`comparison`]), for live runs and saved reports alike.
 //!
 //! Rounds are interleaved (every round runs every target once, in a freshly shuffled order) so
 //! that slow drifts of the machine (thermal, other tenants) hit all targets alike. Per target
@@ -20,7 +21,11 @@
 //! still comes out "significant" with probability 2·2⁻ⁿ (25% for n = 3, 12.5% for n = 4) —
 //! use ≥ 5 rounds for decisions.
 
-use serde::Serialize;
+pub mod saved;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::report::RoundRecord;
 
 /// Target coverage of the order-statistic interval.
 pub const CONFIDENCE: f64 = 0.95;
@@ -72,7 +77,7 @@ pub fn median_ci_rank(n: usize) -> (usize, f64) {
 }
 
 /// How a spread was computed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SpreadMethod {
     /// `[min, max]` (fewer than 5 rounds).
@@ -82,19 +87,24 @@ pub enum SpreadMethod {
 }
 
 /// Median and spread of a set of per-round samples.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Number of samples.
     pub n: usize,
     /// Median.
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
     /// Lower end of the spread.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lo: f64,
     /// Upper end of the spread.
+    #[serde(deserialize_with = "nan_if_null")]
     pub hi: f64,
     /// Smallest sample.
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
     /// Largest sample.
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
     /// How `lo`/`hi` were computed.
     pub method: SpreadMethod,
@@ -102,6 +112,11 @@ pub struct Summary {
     pub coverage: Option<f64>,
     /// The samples, in round order.
     pub samples: Vec<f64>,
+}
+
+/// JSON has no NaN: serde_json writes the NaN of an empty summary as `null`; read it back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Summarise per-round samples.
@@ -138,7 +153,7 @@ pub fn summarize(samples: &[f64]) -> Summary {
 }
 
 /// Whether a ratio differs from 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Significance {
     /// Fewer than 3 rounds.
@@ -182,6 +197,112 @@ pub fn per_round_ratios(values: &[Option<f64>], baseline: &[Option<f64>]) -> Vec
             _ => None,
         })
         .collect()
+}
+
+/// Ratio of a target against the first one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RatioJson {
+    /// Median/spread of the per-round ratios.
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Significance label.
+    pub significance: Significance,
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareRow {
+    /// Target name.
+    pub name: String,
+    /// Messages per second over rounds.
+    pub msgs_per_s: Summary,
+    /// Ratio of msgs/s vs the baseline (null for the baseline itself).
+    pub msgs_per_s_ratio: Option<RatioJson>,
+    /// Server CPU ns per message over rounds (spawned servers).
+    pub server_cpu_ns_per_msg: Option<Summary>,
+    /// Ratio of server CPU per message vs the baseline.
+    pub server_cpu_ratio: Option<RatioJson>,
+    /// p99 latency (µs) over rounds.
+    pub p99_us: Summary,
+}
+
+/// The comparison section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonJson {
+    /// Name of the first target (ratios are relative to it).
+    pub baseline: String,
+    /// Rounds.
+    pub rounds: usize,
+    /// Rows, in target order.
+    pub rows: Vec<CompareRow>,
+}
+
+/// One target's per-round records, as the comparison reads them: from a live run
+/// ([`crate::report::TargetRun`]) or from a saved report ([`crate::report::TargetJson`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Series<'a> {
+    /// Target name (the row label).
+    pub name: &'a str,
+    /// Its rounds; `round` numbers pair them with the baseline's.
+    pub rounds: &'a [RoundRecord],
+}
+
+/// Build the comparison of `targets` against the first one (needs more than one target or
+/// more than one round). Rounds are paired by their `round` number.
+pub fn comparison(targets: &[Series<'_>]) -> Option<ComparisonJson> {
+    let rounds = targets.iter().map(|t| t.rounds.len()).max().unwrap_or(0);
+    if targets.is_empty() || (targets.len() < 2 && rounds < 2) {
+        return None;
+    }
+    let per_round = |t: &Series<'_>, f: &dyn Fn(&RoundRecord) -> Option<f64>| -> Vec<Option<f64>> {
+        (1..=rounds)
+            .map(|r| t.rounds.iter().find(|x| x.round == r).and_then(f))
+            .collect()
+    };
+    let rate = |r: &RoundRecord| Some(r.msgs_per_s);
+    let cpu = |r: &RoundRecord| r.server_cpu_ns_per_msg;
+    let base_rate = per_round(&targets[0], &rate);
+    let base_cpu = per_round(&targets[0], &cpu);
+    let rows = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let rates = per_round(t, &rate);
+            let cpus = per_round(t, &cpu);
+            let cpu_samples: Vec<f64> = cpus.iter().flatten().copied().collect();
+            let ratio = |v: &[Option<f64>], b: &[Option<f64>]| {
+                let r = per_round_ratios(v, b);
+                (!r.is_empty()).then(|| {
+                    let summary = summarize(&r);
+                    RatioJson {
+                        significance: significance(&summary),
+                        summary,
+                    }
+                })
+            };
+            CompareRow {
+                name: t.name.to_string(),
+                msgs_per_s: summarize(&rates.iter().flatten().copied().collect::<Vec<_>>()),
+                msgs_per_s_ratio: if i == 0 {
+                    None
+                } else {
+                    ratio(&rates, &base_rate)
+                },
+                server_cpu_ns_per_msg: (!cpu_samples.is_empty()).then(|| summarize(&cpu_samples)),
+                server_cpu_ratio: if i == 0 {
+                    None
+                } else {
+                    ratio(&cpus, &base_cpu)
+                },
+                p99_us: summarize(&t.rounds.iter().map(|r| r.p99_us).collect::<Vec<_>>()),
+            }
+        })
+        .collect();
+    Some(ComparisonJson {
+        baseline: targets[0].name.to_string(),
+        rounds,
+        rows,
+    })
 }
 
 #[cfg(test)]
@@ -274,6 +395,18 @@ mod tests {
             ),
             vec![2.0]
         );
+    }
+
+    #[test]
+    fn summaries_round_trip_through_json_even_when_empty() {
+        let full = summarize(&[1.5, 0.1 + 0.2, 7.0]);
+        let text = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<Summary>(&text).unwrap(), full);
+        let empty = summarize(&[]);
+        let text = serde_json::to_string(&empty).unwrap();
+        assert!(text.contains("\"median\":null"), "{text}");
+        let back: Summary = serde_json::from_str(&text).unwrap();
+        assert!(back.median.is_nan() && back.lo.is_nan() && back.n == 0);
     }
 
     #[test]

@@ -1,0 +1,158 @@
+//! Real reports of every kind validate against `schema.json` (JSON Schema draft 2020-12), and
+//! the schema is strict enough to notice a field that is missing, renamed or unknown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn validator() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.json"))
+        .expect("schema.json");
+    let schema: Value = serde_json::from_str(&text).expect("schema.json is JSON");
+    jsonschema::validator_for(&schema).expect("schema.json is a valid JSON Schema")
+}
+
+fn errors(v: &jsonschema::Validator, report: &Value) -> Vec<String> {
+    v.iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+fn assert_valid(v: &jsonschema::Validator, report: &Value, what: &str) {
+    let errs = errors(v, report);
+    assert!(
+        errs.is_empty(),
+        "{what} does not match schema.json:\n{errs:#?}"
+    );
+}
+
+#[test]
+fn every_kind_of_report_matches_the_schema() {
+    let v = validator();
+    let server = TestServer::start(Behavior::Echo);
+    let dir = tmp();
+
+    // A closed-loop comparison of two targets over two rounds, with an interval log to merge.
+    let (closed, hlog) = (join(&dir, "closed.json"), join(&dir, "r.hlog"));
+    let target = server.target();
+    expect_success(&run(&[
+        "-q",
+        "-c",
+        "2",
+        "-d",
+        "200ms",
+        "--warmup",
+        "50ms",
+        "--rounds",
+        "2",
+        "--name",
+        "x",
+        "--hlog",
+        &path_str(&hlog),
+        "--json",
+        &path_str(&closed),
+        &target,
+        &target,
+    ]));
+    let closed = read_json(&closed);
+    assert!(closed["comparison"].is_object());
+    assert_valid(&v, &closed, "a closed-loop run");
+
+    // Open loop: service time, send lateness, rate intervals.
+    let open = join(&dir, "open.json");
+    expect_success(&run(&[
+        "-q",
+        "-c",
+        "2",
+        "--rate",
+        "1k",
+        "--arrival",
+        "poisson",
+        "-d",
+        "300ms",
+        "--warmup",
+        "50ms",
+        "--interval",
+        "50ms",
+        "--json",
+        &path_str(&open),
+        &target,
+    ]));
+    let open = read_json(&open);
+    assert!(open["targets"][0]["send_lateness"].is_object());
+    assert_valid(&v, &open, "an open-loop run");
+
+    // merge
+    let merged = join(&dir, "merged.json");
+    expect_success(&run(&[
+        "merge",
+        &path_str(&join(&dir, "r.x.hlog")),
+        "--json",
+        &path_str(&merged),
+    ]));
+    assert_valid(&v, &read_json(&merged), "a merge");
+
+    // slo, against a server of known capacity
+    let model = ServiceServer::start(64, Duration::from_millis(1));
+    let slo = join(&dir, "slo.json");
+    let _ = run(&[
+        "slo",
+        "-q",
+        "--max-latency",
+        "50ms",
+        "--max-time",
+        "8s",
+        "--start-rate",
+        "500",
+        "--trials",
+        "1",
+        "--passes",
+        "1",
+        "--precision",
+        "50%",
+        "-c",
+        "2",
+        "-s",
+        "64",
+        "-d",
+        "200ms",
+        "--warmup",
+        "50ms",
+        "--json",
+        &path_str(&slo),
+        &model.target(),
+        &model.target(),
+    ]);
+    let slo = read_json(&slo);
+    assert_eq!(slo["slo"]["comparisons"].as_array().unwrap().len(), 1);
+    assert_valid(&v, &slo, "an slo search");
+
+    // The schema notices drift: a missing field, a renamed one, a wrong type, an unknown one.
+    let mut missing = closed.clone();
+    missing["targets"][0]["rounds"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("client");
+    let mut renamed = open.clone();
+    let t = renamed["targets"][0].as_object_mut().unwrap();
+    let lateness = t.remove("send_lateness").unwrap();
+    t.insert("lateness".into(), lateness);
+    let mut wrong_type = slo.clone();
+    wrong_type["slo"]["targets"][0]["stop_reason"] = "gave up".into();
+    let mut unknown = closed.clone();
+    unknown["config"]["turbo"] = true.into();
+    for (what, report) in [
+        ("missing", missing),
+        ("renamed", renamed),
+        ("wrong type", wrong_type),
+        ("unknown", unknown),
+    ] {
+        assert!(
+            !errors(&v, &report).is_empty(),
+            "a report with a {what} field passed the schema"
+        );
+    }
+}

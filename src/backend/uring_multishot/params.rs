@@ -1,0 +1,295 @@
+//! What one engine instance is configured with, and the defaults.
+
+use std::io;
+use std::time::Duration;
+
+use super::buf_ring;
+use crate::config::{BatchPolicy, Config};
+use crate::policy::DRAIN_GRACE;
+use crate::probe::{Feature, Features, Usage};
+
+/// Period of the tick timeout that bounds every wait.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
+/// Per-connection cap on received-but-unsent buffers before its recv is paused.
+pub const DEFAULT_MAX_QUEUED_BUFFERS: usize = 4;
+/// Target size of the default provided-buffer pool, per worker.
+const DEFAULT_POOL_BYTES: usize = 16 << 20;
+
+/// Default number of provided buffers for a buffer size: a pool of about 16 MiB per worker,
+/// clamped to 16..=4096 buffers (a power of two). Memory = buffers × buffer size, touched lazily;
+/// with very large buffers the pool is bigger than 16 MiB (16 × 64 MiB at the CLI maximum) but
+/// only the bytes actually received become resident.
+pub fn default_buffer_count(buffer_size: usize) -> usize {
+    let n = DEFAULT_POOL_BYTES / buffer_size.max(1);
+    let n = if n.is_power_of_two() {
+        n
+    } else {
+        n.next_power_of_two() / 2
+    };
+    n.clamp(16, 4096)
+}
+
+/// Everything one [`Engine`](super::Engine) needs to know besides the listener. The connection
+/// limit is not here: it is the server-wide [`Admission`](crate::policy::Admission) passed to
+/// [`Engine::run`](super::Engine::run).
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Size of each provided buffer (the most one recv returns).
+    pub buffer_size: usize,
+    /// Number of provided buffers per worker (1..=32768).
+    pub buffers: usize,
+    /// Submission queue entries (the completion queue gets four times as many, 64..=65536).
+    pub ring_entries: u32,
+    /// Close connections without progress in either direction for this long
+    /// ([`IdleSweep`](crate::policy::IdleSweep) timing).
+    pub idle_timeout: Option<Duration>,
+    /// After a stop request, how long connections may keep going before they are shut down.
+    pub drain_timeout: Duration,
+    /// Set `TCP_NODELAY` on accepted sockets.
+    pub nodelay: bool,
+    /// Per-connection cap on queued buffers (see the module docs on backpressure).
+    pub max_queued_buffers: usize,
+    /// Tick period: how often stop requests are read and counters flushed.
+    pub tick: Duration,
+    /// How each loop waits for completions (`--batch-wait`; adaptive by default).
+    pub batch_wait: BatchPolicy,
+    /// Test knob: after the forced shutdown, how long to wait for in-flight ops before
+    /// abandoning their connections (the server always uses [`DRAIN_GRACE`]).
+    #[doc(hidden)]
+    pub drain_grace: Duration,
+    /// How receives are armed: by default as the probe says (`--feature recv_budget=off` switches the
+    /// budget off; the other values are test knobs).
+    #[doc(hidden)]
+    pub recv_budget: RecvBudget,
+}
+
+/// Which receive the engine arms (see the `ops` module docs): the budgeted multishot receive, or
+/// single-shot receives of one provided buffer each. A developer and test knob: the server arms
+/// the budgeted receive wherever [`crate::probe`] finds the budget.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecvBudget {
+    /// The budgeted multishot receive where the kernel has the budget, single-shot receives
+    /// elsewhere.
+    #[default]
+    Probe,
+    /// Single-shot receives even where the kernel has the budget (`--feature recv_budget=off`).
+    Off,
+    /// Budgeted multishot receives even where the probe found no budget (a probe that is wrong):
+    /// such a kernel refuses each one, and each falls back on its own.
+    Force,
+    /// Budgeted multishot receives that every kernel refuses (fault injection: they also carry
+    /// `MSG_WAITALL`, which no kernel accepts on a multishot receive), so that the
+    /// per-operation fallback runs on kernels that do have the budget.
+    ForceRefused,
+}
+
+/// Features the engine cannot run without: the ring setup (the first three), the CQ overflow
+/// guarantee its CQ sizing relies on, the provided-buffer pool. [`Engine::new`](super::Engine::new)
+/// refuses to start where one is missing.
+pub(super) const REQUIRED: [Feature; 5] = [
+    Feature::SingleIssuer,
+    Feature::DeferTaskrun,
+    Feature::SubmitAll,
+    Feature::Nodrop,
+    Feature::BufRing,
+];
+
+impl Params {
+    /// Defaults for a buffer size; every other field may be overridden.
+    pub fn new(buffer_size: usize) -> Self {
+        Params {
+            buffer_size,
+            buffers: default_buffer_count(buffer_size),
+            ring_entries: 1024,
+            idle_timeout: None,
+            drain_timeout: Duration::from_secs(5),
+            nodelay: true,
+            max_queued_buffers: DEFAULT_MAX_QUEUED_BUFFERS,
+            tick: DEFAULT_TICK,
+            batch_wait: BatchPolicy::Adaptive,
+            drain_grace: DRAIN_GRACE,
+            recv_budget: RecvBudget::Probe,
+        }
+    }
+
+    /// The server's parameters for one worker of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut p = Params::new(config.buffer_size);
+        p.ring_entries = config.uring.ring_entries;
+        p.idle_timeout = config.idle_timeout;
+        p.drain_timeout = config.drain_timeout;
+        p.nodelay = config.nodelay;
+        p.batch_wait = config.uring.batch_wait;
+        if config.uring.switch(Feature::RecvBudget) == Some(false) {
+            p.recv_budget = RecvBudget::Off;
+        }
+        p
+    }
+
+    /// What an engine with these parameters does with each feature on a kernel with `features`;
+    /// the engine takes its decisions from this, and the `features:` line prints it.
+    ///
+    /// Fallbacks (README "Kernels"): without the receive budget, single-shot receives of one
+    /// buffer each; without multishot timeouts, timeouts re-armed one by one; without
+    /// `min_wait`, `--batch-wait` waits with a plain timeout. The required features have none.
+    pub fn usage(&self, features: &Features) -> Usage {
+        let mut u = Usage::new();
+        for feature in REQUIRED {
+            u.decide(feature, true, features);
+        }
+        u.decide(Feature::FastPoll, true, features);
+        // The adaptive policy and a fixed batch bound their longer waits with a timeout (ext_arg)
+        // and `min_wait`; `off` waits without either.
+        let batch = self.batch_wait != BatchPolicy::Off;
+        u.decide(Feature::ExtArg, batch, features);
+        u.decide(Feature::MinWait, batch, features);
+        let budget = u.decide(
+            Feature::RecvBudget,
+            self.recv_budget != RecvBudget::Off,
+            features,
+        );
+        u.decide(Feature::RecvMultishot, budget, features);
+        u.decide(Feature::MultishotTimeout, true, features);
+        // Not used by this engine yet: listed as off where the kernel has them.
+        for feature in [
+            Feature::NoSqarray,
+            Feature::Bundle,
+            Feature::RegRegRing,
+            Feature::RingFd,
+            Feature::BufRingInc,
+            Feature::SendZc,
+        ] {
+            u.decide(feature, false, features);
+        }
+        u
+    }
+
+    pub(super) fn validate(&self) -> io::Result<()> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if self.buffer_size == 0 || self.buffer_size > (1 << 30) {
+            return bad(format!("buffer size {} out of range", self.buffer_size));
+        }
+        if self.buffers == 0 || self.buffers > buf_ring::MAX_BUFFERS {
+            return bad(format!(
+                "provided buffer count {} must be 1..={}",
+                self.buffers,
+                buf_ring::MAX_BUFFERS
+            ));
+        }
+        if self.ring_entries == 0 {
+            return bad("ring entries must be > 0".into());
+        }
+        if self.max_queued_buffers == 0 {
+            return bad("max queued buffers must be > 0".into());
+        }
+        if self.tick.is_zero() {
+            return bad("tick must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pool_is_bounded_and_a_power_of_two() {
+        assert_eq!(default_buffer_count(16 * 1024), 1024);
+        assert_eq!(default_buffer_count(64 * 1024), 256);
+        assert_eq!(default_buffer_count(4096), 4096);
+        assert_eq!(default_buffer_count(1), 4096);
+        assert_eq!(default_buffer_count(1 << 20), 16);
+        assert_eq!(default_buffer_count(1 << 30), 16);
+        assert_eq!(default_buffer_count(10_000), 1024);
+    }
+
+    #[test]
+    fn params_validation() {
+        assert!(Params::new(16384).validate().is_ok());
+        let mut p = Params::new(16384);
+        p.buffers = 0;
+        assert!(p.validate().is_err());
+        let mut p = Params::new(16384);
+        p.max_queued_buffers = 0;
+        assert!(p.validate().is_err());
+        let mut p = Params::new(16384);
+        p.tick = Duration::ZERO;
+        assert!(p.validate().is_err());
+    }
+
+    fn kernel(available: &[Feature]) -> Features {
+        let mut f = Features::io_uring_only();
+        for feature in available {
+            f.set(*feature, true);
+        }
+        f
+    }
+
+    #[test]
+    fn usage_on_a_6_1_like_and_a_6_18_like_kernel() {
+        let base = [
+            Feature::SingleIssuer,
+            Feature::DeferTaskrun,
+            Feature::SubmitAll,
+            Feature::Nodrop,
+            Feature::FastPoll,
+            Feature::ExtArg,
+            Feature::BufRing,
+            Feature::RecvMultishot,
+            Feature::SendZc,
+        ];
+        let old = kernel(&base);
+        let u = Params::new(4096).usage(&old);
+        assert!(!u.uses(Feature::RecvBudget));
+        // The adaptive wait would bound its batches with min_wait (6.12); without it, it only
+        // counts the inline sends in.
+        assert_eq!(
+            u.missing(),
+            [
+                Feature::MinWait,
+                Feature::RecvBudget,
+                Feature::MultishotTimeout
+            ]
+        );
+        assert_eq!(u.off(), [Feature::RecvMultishot, Feature::SendZc]);
+        assert!(u.in_use().contains(&Feature::ExtArg));
+        let mut off = Params::new(4096);
+        off.batch_wait = BatchPolicy::Off;
+        let u = off.usage(&old);
+        assert_eq!(
+            u.off(),
+            [Feature::ExtArg, Feature::RecvMultishot, Feature::SendZc]
+        );
+        assert_eq!(
+            u.missing(),
+            [Feature::RecvBudget, Feature::MultishotTimeout]
+        );
+
+        let mut new = kernel(&base);
+        for f in [
+            Feature::RecvBudget,
+            Feature::MultishotTimeout,
+            Feature::MinWait,
+            Feature::Bundle,
+        ] {
+            new.set(f, true);
+        }
+        let mut p = Params::new(4096);
+        let u = p.usage(&new);
+        assert!(u.uses(Feature::RecvBudget) && u.uses(Feature::RecvMultishot));
+        assert!(u.missing().is_empty());
+        assert_eq!(u.off(), [Feature::Bundle, Feature::SendZc]);
+        assert!(u.uses(Feature::MinWait) && u.uses(Feature::ExtArg));
+        p.recv_budget = RecvBudget::Off;
+        p.batch_wait = BatchPolicy::Fixed(crate::config::BatchWait {
+            min_completions: 8,
+            timeout: Duration::from_micros(100),
+        });
+        let u = p.usage(&new);
+        assert!(u.uses(Feature::MinWait) && u.uses(Feature::ExtArg));
+        assert!(u.off().contains(&Feature::RecvBudget));
+        assert!(u.off().contains(&Feature::RecvMultishot));
+    }
+}
