@@ -14,7 +14,7 @@
 # busybox-static, iproute2's `ip` and `ss` and the few kernel modules the tests need (from
 # /lib/modules/VERSION when present) into an initramfs written by python3 (newc cpio); boots it
 # with qemu-system-x86_64 without KVM (TCG: nested KVM hangs at boot on the CI machines); the
-# VM's init mounts proc, sysfs, devtmpfs, tmpfs on /tmp and /run, brings `lo` up, raises
+# VM's init mounts proc, sysfs, devtmpfs and a tmpfs on /run, brings `lo` up, raises
 # RLIMIT_NOFILE to 20000 (as on the CI host) and runs each test binary, printing to the serial
 # console. The host side enforces VM_TIMEOUT, shows a line per test binary, then the output of
 # every failing binary and the tests that skipped themselves, and exits non-zero if anything
@@ -39,11 +39,11 @@
 set -euo pipefail
 
 # Which tests run in the VM: whole test files (they survive renames of the tests inside), the
-# ones that exercise the server against the kernel. Not here: the #[ignore]d long runs (never
+# ones that exercise the server against the kernel (kernel.rs: the feature probe and fallbacks). Not here: the #[ignore]d long runs (never
 # run by this script), measure.rs (measurements), stress_fuzz.rs (property tests of pure parsers:
 # user-space code, nothing kernel-dependent, and slow under TCG), in_process.rs and
 # multishot_cli.rs (library API and command-line checks, covered on the host).
-DEFAULT_TESTS="echo limits lifecycle multishot_engine stress_client stress_exhaustion stress_hostile stress_netns stress_scale stress_server_flags stress_signals stress_soak"
+DEFAULT_TESTS="echo limits lifecycle multishot_engine kernel stress_client stress_exhaustion stress_hostile stress_netns stress_scale stress_server_flags stress_signals stress_soak"
 # Tests skipped inside the VM (substrings of test names), with the reason:
 # - connect_close_storm_fast: 20,000 connections per engine take 90-150 s each under TCG, a
 #   third of the VM's time budget; the accept path it loads is also exercised by scale_1k,
@@ -142,6 +142,7 @@ put_elf() {
 
 mkdir -p "$STAGE"/{bin,dev,proc,sys,tmp,run,root,etc,var}
 ln -s ../run "$STAGE/var/run"
+chmod 1777 "$STAGE/tmp"
 cp "$BUSYBOX" "$STAGE/bin/busybox"
 # iproute2: `ss` (backlog test) and `ip netns` (stress_netns); busybox's `ip` has no netns.
 for tool in ip ss; do
@@ -196,7 +197,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 # Without /dev (null, urandom, the console) the shell's background jobs fail silently.
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays a directory of the root file system (itself a tmpfs): a tmpfs mounted over it
+# would hide a checkout that lives under /tmp.
 mount -t tmpfs tmpfs /run
 EOF
   for m in "${modules[@]}"; do echo "insmod $m || echo '$MARK warning: insmod $m failed'"; done
