@@ -489,9 +489,20 @@ fn sample_threads(tids: &[i32]) -> ThreadSample {
     }
 }
 
-/// CPU demand of every thread readable at both edges, over the time between the samples.
+/// Shortest time between the two samples for which a thread's CPU demand means something: the
+/// kernel accounts CPU and run-queue time at scheduling events, so over a window of a few µs
+/// (a run whose connections all failed before the measured window) one accounting step is
+/// thousands of percent of it.
+const MIN_LOAD_WINDOW_NS: u64 = 10_000_000;
+
+/// CPU demand of every thread readable at both edges, over the time between the samples; none
+/// when the samples are too close together to tell ([`MIN_LOAD_WINDOW_NS`]).
 fn thread_loads(start: &ThreadSample, end: &ThreadSample) -> Vec<ThreadLoad> {
-    let window = end.at_ns.saturating_sub(start.at_ns).max(1) as f64;
+    let window = end.at_ns.saturating_sub(start.at_ns);
+    if window < MIN_LOAD_WINDOW_NS {
+        return Vec::new();
+    }
+    let window = window as f64;
     start
         .times
         .iter()
@@ -675,4 +686,34 @@ fn client_thread(
             outcomes,
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_thread_load_over_a_window_too_short_to_account() {
+        let times = |cpu_ns| ThreadTimes {
+            cpu_ns,
+            wait_ns: Some(0),
+        };
+        let start = ThreadSample {
+            at_ns: 1_000,
+            times: vec![Some(times(0))],
+        };
+        // 5 µs apart, with a 4 ms accounting step in between: no figure rather than 80,000%.
+        let short = ThreadSample {
+            at_ns: 6_000,
+            times: vec![Some(times(4_000_000))],
+        };
+        assert!(thread_loads(&start, &short).is_empty());
+        let long = ThreadSample {
+            at_ns: 1_000 + 100_000_000,
+            times: vec![Some(times(50_000_000))],
+        };
+        let loads = thread_loads(&start, &long);
+        assert_eq!(loads.len(), 1);
+        assert!((loads[0].busy - 0.5).abs() < 1e-9, "{loads:?}");
+    }
 }
