@@ -11,7 +11,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::stress::{
@@ -162,6 +162,9 @@ fn writers_that_never_read_long(runtime: &str, threads: usize) {
     writers_that_never_read(runtime, threads, 8, Duration::from_secs(10));
 }
 
+/// How long a hog may write before its writes must have blocked (a slow VM needs seconds).
+const HOG_DEADLINE: Duration = Duration::from_secs(60);
+
 fn writers_that_never_read(runtime: &str, threads: usize, hogs: usize, window: Duration) {
     const GOAL: u64 = 200 << 20;
     let server = spawn(runtime, threads, &[]);
@@ -174,23 +177,32 @@ fn writers_that_never_read(runtime: &str, threads: usize, hogs: usize, window: D
     std::thread::sleep(window.min(Duration::from_secs(2)));
     let alone = Percentiles::of(&probe.finish());
 
-    // ...and beside them.
+    // ...and beside them. Each hog writes until its writes block (the server stopped reading
+    // it), however long a slow machine (a TCG VM) takes to get there; only then does the
+    // probe's window start, while the hogs keep pushing until it ends.
     let addr = server.loopback();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (blocked_tx, blocked_rx) = mpsc::channel();
     let writers: Vec<_> = (0..hogs)
         .map(|h| {
+            let stop = Arc::clone(&stop);
+            let blocked_tx = blocked_tx.clone();
             std::thread::spawn(move || {
                 let mut s = connect(addr);
                 s.set_write_timeout(Some(Duration::from_millis(100)))
                     .unwrap();
                 let chunk = pattern(h as u64, 256 * 1024);
                 let (mut written, mut blocked) = (0u64, 0u64);
-                let deadline = Instant::now() + window;
-                while written < GOAL && Instant::now() < deadline {
+                let deadline = Instant::now() + HOG_DEADLINE;
+                while written < GOAL && !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match s.write(&chunk) {
                         Ok(n) => written += n as u64,
                         Err(e)
                             if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
                         {
+                            if blocked == 0 {
+                                let _ = blocked_tx.send(h);
+                            }
                             blocked += 1
                         }
                         Err(e) => panic!("hog {h} write failed: {e}"),
@@ -200,6 +212,12 @@ fn writers_that_never_read(runtime: &str, threads: usize, hogs: usize, window: D
             })
         })
         .collect();
+    drop(blocked_tx);
+    for _ in 0..hogs {
+        if blocked_rx.recv_timeout(HOG_DEADLINE).is_err() {
+            break; // a hog that never blocks fails its assertion below
+        }
+    }
     let probe = LatencyProbe::start(server.loopback(), Duration::ZERO);
     let mut rss_max = 0;
     let started = Instant::now();
@@ -208,6 +226,7 @@ fn writers_that_never_read(runtime: &str, threads: usize, hogs: usize, window: D
         std::thread::sleep(Duration::from_millis(100));
     }
     let beside = Percentiles::of(&probe.finish());
+    stop.store(true, Ordering::Relaxed);
     let hogs_done: Vec<(TcpStream, u64, u64)> =
         writers.into_iter().map(|w| w.join().unwrap()).collect();
     rss_max = rss_max.max(server.rss_kib());
