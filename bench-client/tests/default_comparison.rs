@@ -39,61 +39,74 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The name of the comparison row with the lowest (or highest) median of `field`.
-fn best_median(j: &Value, field: &str, lowest: bool) -> String {
-    let rows = j["comparison"]["rows"].as_array().unwrap();
-    let median = |r: &Value| r[field]["median"].as_f64().unwrap();
-    let best = rows
-        .iter()
-        .reduce(|a, b| {
-            let b_better = if lowest {
-                median(b) < median(a)
-            } else {
-                median(b) > median(a)
-            };
-            if b_better {
-                b
-            } else {
-                a
-            }
-        })
-        .unwrap();
-    best["name"].as_str().unwrap().to_string()
+/// The `R× OTHER [LO–HI]` a verdict line prints for `other`.
+fn printed_ratio(line: &str, other: &str) -> Option<[f64; 3]> {
+    let at = line.find(&format!("× {other} ["))?;
+    let median = line[..at].rsplit([' ', '(']).next()?.parse().ok()?;
+    let rest = &line[at + format!("× {other} [").len()..];
+    let (lo, rest) = rest.split_once('–')?;
+    let hi = rest.split(']').next()?;
+    Some([median, lo.parse().ok()?, hi.parse().ok()?])
 }
 
-/// The last two stdout lines are the verdict, and they name the leaders of the JSON's
-/// comparison (or say that the client was the bottleneck).
+/// The last two stdout lines are the verdict: each names an engine that leads, and prints its
+/// ratio against every other engine as the JSON's comparison (baseline epoll) has it.
 fn assert_verdict(text: &str, j: &Value) {
     let lines: Vec<&str> = text.lines().collect();
     let [cpu, rate] = lines[lines.len() - 2..] else {
         panic!("{text}")
     };
-    let leads = |line: &str, what: &str, leader: &str| {
-        [
-            format!("Fastest by {what}: {leader}, "),
-            format!("Fastest by {what}: {leader} or "),
-            format!("By {what}: no engine is faster than the others beyond the noise (best median: {leader}, "),
-            format!("By {what}: {leader} has the best median"),
-        ]
-        .iter()
-        .any(|p| line.starts_with(p.as_str()))
+    let rows = j["comparison"]["rows"].as_array().unwrap();
+    let engines: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let check = |line: &str, what: &str, ratio: &str| {
+        let forms = |e: &str| {
+            [
+                format!("Fastest by {what}: {e}, "),
+                format!("Fastest by {what}: {e} or "),
+                format!("By {what}: no engine is faster than the others beyond the noise: {e} "),
+                format!("By {what}: {e} leads ("),
+            ]
+        };
+        let leader = *engines
+            .iter()
+            .find(|e| forms(e).iter().any(|f| line.starts_with(f.as_str())))
+            .unwrap_or_else(|| panic!("no engine leads in {line:?}"));
+        for row in rows.iter().filter(|r| r["name"] != leader) {
+            let other = row["name"].as_str().unwrap();
+            let printed = printed_ratio(line, other)
+                .unwrap_or_else(|| panic!("no ratio against {other} in {line:?}"));
+            // Three rounds: the spread is [min, max] and a median of per-round ratios inverts
+            // exactly, so leader/epoll is the JSON's row, and epoll/other its inverse.
+            let (row, invert) = if leader == "epoll" {
+                (row, true)
+            } else if other == "epoll" {
+                (rows.iter().find(|r| r["name"] == leader).unwrap(), false)
+            } else {
+                continue;
+            };
+            let r = &row[ratio];
+            let [m, lo, hi] = ["median", "lo", "hi"].map(|k| r[k].as_f64().unwrap());
+            let expected = if invert {
+                [1.0 / m, 1.0 / hi, 1.0 / lo]
+            } else {
+                [m, lo, hi]
+            };
+            for (p, e) in printed.iter().zip(expected) {
+                assert!(
+                    (p - e).abs() <= 0.0051,
+                    "{printed:?} vs {expected:?} in {line:?}"
+                );
+            }
+        }
     };
-    let cpu_leader = best_median(j, "server_cpu_ns_per_msg", true);
-    assert!(
-        leads(cpu, "server CPU per message", &cpu_leader),
-        "{cpu_leader} leads by CPU:\n{text}"
-    );
+    check(cpu, "server CPU per message", "server_cpu_ratio");
     if j["client_bound"] == true {
         assert!(
             rate.starts_with("By messages/s: no verdict — the client was the bottleneck in "),
             "{text}"
         );
     } else {
-        let rate_leader = best_median(j, "msgs_per_s", false);
-        assert!(
-            leads(rate, "messages/s", &rate_leader),
-            "{rate_leader} leads by rate:\n{text}"
-        );
+        check(rate, "messages/s", "msgs_per_s_ratio");
     }
 }
 

@@ -2,11 +2,14 @@
 //! by messages/s, and whether its lead is outside the noise. The default comparison ends with
 //! these lines.
 //!
-//! Nothing is re-derived. The leader is the target with the best median over rounds (the
-//! comparison's `median`); "outside the noise" is the comparison's own significance test
-//! ([`super::significance`]) on the leader's per-round ratios against each other target,
-//! taken from [`super::comparison`] built with that target as the baseline. A lead counts only
-//! when the whole interval is on the leader's side of 1; every ratio is printed with it.
+//! Nothing is re-derived: every figure is one of [`super::comparison`], built with each other
+//! target in turn as the baseline, so that it holds each target's median per-round ratio
+//! against each other one, with its interval and significance. The leader is the target that
+//! beats the most others by that median ratio (per-round ratios cancel drift between rounds;
+//! among equals, the best median over rounds wins). "Outside the noise" is the comparison's
+//! own significance test ([`super::significance`]) on the leader's ratio against each other
+//! target, and counts only when the whole interval is on the leader's side of 1; every ratio is
+//! printed with it.
 //!
 //! Messages/s names no winner when the client was the bottleneck in any run of the compared
 //! targets: those figures measured echo-bench, not the servers (server CPU per message still
@@ -117,31 +120,45 @@ pub fn judge(targets: &[Series<'_>], metric: Metric) -> Verdict {
     if measured.len() < 2 {
         return Verdict::NotMeasured;
     }
-    let (leader, _) = measured
-        .iter()
-        .copied()
-        .reduce(|best, x| if better(x.1, best.1) { x } else { best })
-        .expect("two or more");
-    let mut leads: Vec<Lead> = measured
-        .iter()
-        .filter(|(i, _)| *i != leader)
-        .filter_map(|&(i, _)| {
-            // The comparison with the other target as baseline: its second row is leader/other.
-            let pair = comparison(&[targets[i], targets[leader]])?;
-            let r = metric.ratio(&pair.rows[1])?;
-            let favourable = if metric.lower_is_better() {
-                r.summary.hi < 1.0
-            } else {
-                r.summary.lo > 1.0
-            };
-            Some(Lead {
-                other: targets[i].name.to_string(),
-                outside_noise: r.significance == Significance::Significant && favourable,
-                too_few_rounds: r.significance == Significance::TooFewRounds,
-                ratio: r.summary.clone(),
+    // Each target's per-round ratios against every other one, from the comparison with the
+    // other as baseline (its second row is this target / the other).
+    let leads_of = |this: usize| -> Vec<Lead> {
+        measured
+            .iter()
+            .filter(|(i, _)| *i != this)
+            .filter_map(|&(i, _)| {
+                let pair = comparison(&[targets[i], targets[this]])?;
+                let r = metric.ratio(&pair.rows[1])?;
+                let favourable = if metric.lower_is_better() {
+                    r.summary.hi < 1.0
+                } else {
+                    r.summary.lo > 1.0
+                };
+                Some(Lead {
+                    other: targets[i].name.to_string(),
+                    outside_noise: r.significance == Significance::Significant && favourable,
+                    too_few_rounds: r.significance == Significance::TooFewRounds,
+                    ratio: r.summary.clone(),
+                })
             })
+            .collect()
+    };
+    // The leader beats the most others by its median per-round ratio (which cancels drift
+    // between rounds); among equals, the best median wins.
+    let wins = |leads: &[Lead]| leads.iter().filter(|l| better(l.ratio.median, 1.0)).count();
+    let (leader, mut leads) = measured
+        .iter()
+        .map(|&(i, median)| (i, median, leads_of(i)))
+        .reduce(|best, x| {
+            let (wx, wb) = (wins(&x.2), wins(&best.2));
+            if wx > wb || (wx == wb && better(x.1, best.1)) {
+                x
+            } else {
+                best
+            }
         })
-        .collect();
+        .map(|(i, _, leads)| (i, leads))
+        .expect("two or more");
     leads.sort_by(|a, b| {
         (a.ratio.median - 1.0)
             .abs()
@@ -193,8 +210,8 @@ pub fn line(verdict: &Verdict, metric: Metric, noun: &str) -> String {
             if leads.iter().any(|l| l.too_few_rounds) {
                 let list: Vec<String> = leads.iter().map(ratio_text).collect();
                 return format!(
-                    "By {what}: {name} has the best median ({}), but fewer than {} rounds \
-                     cannot tell it from the noise.",
+                    "By {what}: {name} leads ({}), but fewer than {} rounds cannot tell \
+                     it from the noise.",
                     join_and(&list),
                     super::MIN_ROUNDS_FOR_SIGNIFICANCE
                 );
@@ -219,8 +236,8 @@ pub fn line(verdict: &Verdict, metric: Metric, noun: &str) -> String {
                 )
             } else if outside.is_empty() {
                 format!(
-                    "By {what}: no {noun} is faster than the others beyond the noise \
-                     (best median: {name}, {} — inside the noise).",
+                    "By {what}: no {noun} is faster than the others beyond the noise: \
+                     {name} {} — inside the noise.",
                     texts(&inside)
                 )
             } else {
@@ -348,8 +365,8 @@ mod tests {
         for (line, what) in lines.iter().zip(["server CPU per message", "messages/s"]) {
             assert!(
                 line.starts_with(&format!(
-                    "By {what}: no engine is faster than the others beyond the noise (best median: "
-                )) && line.ends_with("— inside the noise)."),
+                    "By {what}: no engine is faster than the others beyond the noise: "
+                )) && line.ends_with("— inside the noise."),
                 "{line}"
             );
         }
@@ -400,9 +417,24 @@ mod tests {
         ];
         let lines = lines(&series(&ts), "engine");
         assert!(
-            lines[0]
-                .starts_with("By server CPU per message: uring has the best median (0.50× epoll")
+            lines[0].starts_with("By server CPU per message: uring leads (0.50× epoll")
                 && lines[0].ends_with("but fewer than 3 rounds cannot tell it from the noise."),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn the_leader_is_chosen_by_per_round_ratios_not_by_medians_of_values() {
+        // By value, uring-multishot's median CPU (6.25) is below epoll's (6.3); round by round
+        // it used more in 3 of 5 rounds (median ratio 1.015): epoll leads.
+        let cpu = |xs: [f64; 5]| rounds(&xs.map(|c| (100_000.0, c)));
+        let ts = [
+            ("epoll", cpu([6.3, 6.0, 7.3, 5.9, 6.5])),
+            ("uring-multishot", cpu([6.2, 6.25, 7.5, 5.8, 6.6])),
+        ];
+        let lines = lines(&series(&ts), "engine");
+        assert!(
+            lines[0].starts_with("By server CPU per message: no engine is faster than the others beyond the noise: epoll 0.98× uring-multishot ["),
             "{lines:?}"
         );
     }
