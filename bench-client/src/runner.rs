@@ -228,6 +228,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     }
 
     let n = runs.len();
+    let name_w = runs.iter().map(|r| r.name.len()).max().unwrap_or(0).max(12);
     let many_trials = n > 1 || cfg.rounds > 1;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut first_start: Option<SystemTime> = None;
@@ -269,7 +270,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
                     .map(|c| format!("  server {:.3} µs/msg", c / 1000.0))
                     .unwrap_or_default();
                 eprintln!(
-                    "round {round}/{}  {:<12} {:>12.1} msgs/s  p50 {:.1} µs  p99 {:.1} µs{cpu}{}",
+                    "round {round}/{}  {:<name_w$} {:>12.1} msgs/s  p50 {:.1} µs  p99 {:.1} µs{cpu}{}",
                     cfg.rounds,
                     runs[i].name,
                     r.msgs_per_s,
