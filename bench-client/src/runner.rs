@@ -155,7 +155,7 @@ pub fn start_targets(cfg: &BenchConfig) -> anyhow::Result<(Vec<Started>, Vec<Ski
                 server: None,
             },
             TargetKind::Spawn { command, argv } => {
-                let s = match Spawned::start(
+                let s = match Spawned::start_or_why(
                     &t.name,
                     command,
                     argv,

@@ -24,12 +24,12 @@
 //!
 //! Readiness is the server's `listening on <addr>` stdout line, awaited with a timeout; a
 //! printed unspecified address (`0.0.0.0`, `[::]`) is replaced by the loopback of its family.
-//! A server that exits before it is ready is a [`StartError::NotReady`] carrying its last
-//! stderr line (a server says there why it could not start), which the default comparison
-//! reports when it skips an engine. From stderr, echo-bench keeps the last lines (for error
-//! messages), the `summary:` line the server prints at exit, and the first
-//! `features: key=value ...` line (what the server found the kernel supports), verbatim, so that
-//! saved results say which server features ran.
+//! A server that exits before it is ready is a [`StartError::NotReady`] (from
+//! [`Spawned::start_or_why`]) carrying its last stderr line (a server says there why it could
+//! not start), which the default comparison reports when it skips an engine. From stderr,
+//! echo-bench keeps the last lines (for error messages), the `summary:` line the server prints
+//! at exit, and the first `features: key=value ...` line (what the server found the kernel
+//! supports), verbatim, so that saved results say which server features ran.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -182,6 +182,19 @@ fn isolate(cmd: &mut Command, cpus: Option<&[usize]>) {
 impl Spawned {
     /// Start `argv`, wait up to `ready_timeout` for its ready line.
     pub fn start(
+        name: &str,
+        command: &str,
+        argv: &[String],
+        cpus: Option<&[usize]>,
+        ready_timeout: Duration,
+    ) -> anyhow::Result<Spawned> {
+        Self::start_or_why(name, command, argv, cpus, ready_timeout)
+            .map_err(StartError::into_anyhow)
+    }
+
+    /// [`Spawned::start`], telling a server that could not start ([`StartError::NotReady`])
+    /// from the other failures.
+    pub fn start_or_why(
         name: &str,
         command: &str,
         argv: &[String],
@@ -452,7 +465,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let err = Spawned::start("x", "sh -c ...", &argv, None, Duration::from_secs(5))
+        let err = Spawned::start_or_why("x", "sh -c ...", &argv, None, Duration::from_secs(5))
             .err()
             .expect("must fail");
         assert!(matches!(err, StartError::NotReady { .. }), "{err:?}");
@@ -464,7 +477,7 @@ mod tests {
              last stderr line: boom"
         );
         let silent = ["sh", "-c", "exit 4"].map(String::from);
-        let err = Spawned::start("x", "exit 4", &silent, None, Duration::from_secs(5))
+        let err = Spawned::start_or_why("x", "exit 4", &silent, None, Duration::from_secs(5))
             .err()
             .expect("must fail");
         assert_eq!(
@@ -487,15 +500,16 @@ mod tests {
     #[test]
     fn a_missing_binary_is_a_clear_error() {
         let argv = vec!["/nonexistent/uring-echo".to_string()];
-        let err = Spawned::start(
-            "x",
-            "/nonexistent/uring-echo",
-            &argv,
-            None,
-            Duration::from_secs(1),
-        )
-        .err()
-        .expect("must fail");
+        let start = || {
+            Spawned::start_or_why(
+                "x",
+                "/nonexistent/uring-echo",
+                &argv,
+                None,
+                Duration::from_secs(1),
+            )
+        };
+        let err = start().err().expect("must fail");
         assert!(matches!(err, StartError::Other(_)), "{err:?}");
         let msg = format!("{:#}", err.into_anyhow());
         assert!(
