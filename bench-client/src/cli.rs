@@ -32,19 +32,29 @@ const LONG_ABOUT: &str = "\
 Load generator for TCP echo servers: closed or open loop, every echoed byte verified, \
 latency recorded in HdrHistograms, interleaved comparison of several servers.
 
-With no TARGET and no --spawn, runs the default comparison: starts the uring-echo binary found \
-beside echo-bench with `--runtime uring` and with `--runtime epoll` (and `--threads` = its CPU \
-count when pinned), pins server and client to different CPUs when there are at least two, and runs 5 interleaved rounds of 2 s (500 ms warmup) \
-with 50 connections and 128-byte messages. Build both binaries first:
+With no TARGET and no --spawn, runs the default comparison of the three engines: starts the \
+uring-echo binary found beside echo-bench (or named by $ECHO_BENCH_SERVER) with `--runtime \
+epoll`, `--runtime uring` and `--runtime uring-multishot` (and `--threads` = its CPU count when \
+pinned), pins server and client to different CPUs when there are at least two, and runs 9 \
+interleaved rounds of 800 ms each (after 300 ms of warmup) per engine, with 50 connections and \
+128-byte messages: about 30 s in all. Nine short rounds rather than fewer long ones because \
+from nine rounds on, the 95% interval of a median leaves out the two most extreme rounds, \
+so one round disturbed by other work on the machine does not widen it. The last lines say \
+which engine is fastest by server CPU per message and by messages/s, and whether its lead is \
+outside the noise (no messages/s verdict when the client was the bottleneck). An engine whose \
+server cannot start (e.g. io_uring unavailable) is left out with the server's reason, and the \
+others are compared. Build both binaries first:
     cargo build --release --workspace && target/release/echo-bench
 
 Latencies are measured in nanoseconds (histograms: 1 ns .. 1 h, 3 significant digits) and \
 printed in microseconds; .hgrm files are in milliseconds.";
 
 const AFTER_LONG_HELP: &str = "\
-Exit status: 0 success; 1 run failed (connection refused/reset, echo mismatch, EOF or short \
-read, no message completed, server failed to start, existing output file, I/O error); \
-2 invalid command line; 130 interrupted (SIGINT/SIGTERM; spawned servers are stopped first).
+Exit status: 0 success (in the default comparison, also when one engine could not start but two \
+were compared); 1 run failed (connection refused/reset, echo mismatch, EOF or short read, no \
+message completed, server failed to start, fewer than two engines started in the default \
+comparison, existing output file, I/O error); 2 invalid command line; 130 interrupted \
+(SIGINT/SIGTERM; spawned servers are stopped first).
 
 Examples:
     echo-bench 127.0.0.1:7000
@@ -206,12 +216,12 @@ pub struct BenchArgs {
     pub connections: Option<usize>,
 
     /// Measured duration of each run, e.g. 500ms, 10s, 1m; a bare number is seconds [default:
-    /// 10s; 2s in the default comparison; 1s per slo trial].
+    /// 10s; 800ms in the default comparison; 1s per slo trial].
     #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
     pub duration: Option<Duration>,
 
     /// Warmup before each measured run; messages completing during it are not recorded
-    /// [default: 1s; 500ms in the default comparison; 250ms per slo trial].
+    /// [default: 1s; 300ms in the default comparison; 250ms per slo trial].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
 
@@ -304,7 +314,7 @@ pub struct BenchArgs {
     pub names: Vec<String>,
 
     /// Interleaved rounds: each round runs every target once, in a freshly shuffled order;
-    /// medians, spread and ratios are computed over rounds [default: 1; 5 in the default
+    /// medians, spread and ratios are computed over rounds [default: 1; 9 in the default
     /// comparison].
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub rounds: Option<usize>,

@@ -1,6 +1,6 @@
 //! Validated configuration: [`BenchConfig::from_args`] turns the raw [`BenchArgs`] into what
-//! the engine runs, filling mode-dependent defaults (the default comparison uses shorter runs
-//! and pins CPUs), resolving targets and checking combinations clap cannot express.
+//! the engine runs, filling mode-dependent defaults (the default comparison spawns the three
+//! engines, uses shorter runs and pins CPUs), resolving targets and checking combinations clap cannot express.
 //! Everything here fails with a one-line `anyhow` error before any connection is made.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -27,12 +27,19 @@ pub const DEFAULT_SIZE: usize = 128;
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Default warmup.
 pub const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
-/// Default comparison: rounds.
-pub const DEFAULT_COMPARISON_ROUNDS: usize = 5;
-/// Default comparison: measured duration per round.
-pub const DEFAULT_COMPARISON_DURATION: Duration = Duration::from_secs(2);
+/// Default comparison: the engines, `uring-echo --runtime NAME`, in comparison order (the first
+/// is the baseline of the table's ratios: epoll, which needs no io_uring and so always starts).
+pub const DEFAULT_COMPARISON_ENGINES: [&str; 3] = ["epoll", "uring", "uring-multishot"];
+/// Default comparison: rounds. Nine is the fewest for which the 95% interval of a median drops
+/// the extreme rounds (`[x(2), x(8)]`), so one disturbed round on a busy machine cannot widen it.
+pub const DEFAULT_COMPARISON_ROUNDS: usize = 9;
+/// Default comparison: measured duration per round (9 rounds × 3 engines × 1.1 s ≈ 30 s).
+pub const DEFAULT_COMPARISON_DURATION: Duration = Duration::from_millis(800);
 /// Default comparison: warmup per round.
-pub const DEFAULT_COMPARISON_WARMUP: Duration = Duration::from_millis(500);
+pub const DEFAULT_COMPARISON_WARMUP: Duration = Duration::from_millis(300);
+/// Environment variable naming the uring-echo binary of the default comparison (for
+/// developers and tests; default: the one beside echo-bench).
+pub const SERVER_ENV: &str = "ECHO_BENCH_SERVER";
 
 /// Closed or open loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -150,19 +157,39 @@ pub struct BenchConfig {
     pub label: Option<String>,
     /// Seed for the round order.
     pub seed: u64,
-    /// True when no target was given and the built-in uring/epoll comparison runs.
+    /// True when no target was given and the built-in comparison of the engines runs
+    /// ([`DEFAULT_COMPARISON_ENGINES`]).
     pub default_comparison: bool,
     /// The command line, for the JSON report.
     pub command_line: Vec<String>,
 }
 
-/// Path of the `uring-echo` binary beside the running executable.
-pub fn sibling_server_binary() -> anyhow::Result<PathBuf> {
+/// The `uring-echo` binary of the default comparison: `$ECHO_BENCH_SERVER` if set, else the one
+/// beside the running executable. Fails with a one-line hint when it does not exist.
+pub fn default_server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(SERVER_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "{SERVER_ENV}={} names no file (the default comparison runs that server)",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
     let exe = std::env::current_exe().context("cannot locate the echo-bench executable")?;
     let dir = exe
         .parent()
         .context("echo-bench executable has no parent directory")?;
-    Ok(dir.join("uring-echo"))
+    let server = dir.join("uring-echo");
+    if !server.is_file() {
+        bail!(
+            "the default comparison needs the uring-echo server beside echo-bench, but {} \
+             does not exist: run `cargo build --release --workspace && target/release/echo-bench`",
+            server.display()
+        );
+    }
+    Ok(server)
 }
 
 /// Validate a target name: it becomes part of file names and interval-log tags.
@@ -229,15 +256,8 @@ impl BenchConfig {
 
         let mut targets = Vec::new();
         if default_comparison {
-            let server = sibling_server_binary()?;
-            if !server.is_file() {
-                bail!(
-                    "the default comparison needs the uring-echo server beside echo-bench, but {} \
-                     does not exist: run `cargo build --release --workspace && target/release/echo-bench`",
-                    server.display()
-                );
-            }
-            for runtime in ["uring", "epoll"] {
+            let server = default_server_binary()?;
+            for runtime in DEFAULT_COMPARISON_ENGINES {
                 let mut argv = vec![
                     server.display().to_string(),
                     "--runtime".into(),

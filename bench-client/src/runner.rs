@@ -1,5 +1,6 @@
 //! The benchmark command: start spawned servers, run the interleaved rounds, print the
-//! summary and comparison, write the output files.
+//! summary and comparison (the default comparison ends with its verdict in plain words and
+//! the engines that could not start), write the output files.
 //!
 //! Ordering rules: every round runs each target once, in an order shuffled per round with the
 //! seeded RNG; a round that produced verification or connection errors ends the run (the
@@ -9,18 +10,19 @@
 use std::io::{IsTerminal, Write};
 use std::time::SystemTime;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::compare::verdict;
 use crate::config::{check_outputs, per_target_path, BenchConfig, Mode, TargetKind};
 use crate::load::{self, CpuSource, TrialResult};
 use crate::plot::{self, PlotLine};
 use crate::record::{add_into, merge_intervals, MergedIntervals};
-use crate::report::{self, RoundRecord, TargetRun};
-use crate::spawn::Spawned;
+use crate::report::{self, RoundRecord, SkippedTarget, TargetRun};
+use crate::spawn::{Spawned, StartError};
 use crate::{host, write_file};
 
 fn progress_bar(cfg: &BenchConfig, label: &str) -> Option<ProgressBar> {
@@ -137,9 +139,13 @@ pub struct Started {
 }
 
 /// Start every `--spawn` server, in target order, each ready (printed `listening on`) before
-/// the next starts; a server that fails to start fails the whole run before any load.
-pub fn start_targets(cfg: &BenchConfig) -> anyhow::Result<Vec<Started>> {
+/// the next starts. A server that fails to start fails the whole run before any load, except
+/// in the default comparison: there an engine whose server exits before it is ready (no
+/// io_uring, a kernel too old for it) is skipped, with its reason, as long as two engines are
+/// left to compare. Returns the started targets and the skipped ones.
+pub fn start_targets(cfg: &BenchConfig) -> anyhow::Result<(Vec<Started>, Vec<SkippedTarget>)> {
     let mut started = Vec::new();
+    let mut skipped = Vec::new();
     for t in &cfg.targets {
         started.push(match &t.kind {
             TargetKind::Address { addr } => Started {
@@ -149,13 +155,24 @@ pub fn start_targets(cfg: &BenchConfig) -> anyhow::Result<Vec<Started>> {
                 server: None,
             },
             TargetKind::Spawn { command, argv } => {
-                let s = Spawned::start(
+                let s = match Spawned::start_or_why(
                     &t.name,
                     command,
                     argv,
                     cfg.server_cpus.as_deref(),
                     cfg.spawn_timeout,
-                )?;
+                ) {
+                    Ok(s) => s,
+                    Err(e @ StartError::NotReady { .. }) if cfg.default_comparison => {
+                        skipped.push(SkippedTarget {
+                            name: t.name.clone(),
+                            spawn_command: command.clone(),
+                            reason: e.reason(),
+                        });
+                        continue;
+                    }
+                    Err(e) => return Err(e.into_anyhow()),
+                };
                 if !cfg.quiet {
                     eprintln!(
                         "started {}: pid {} listening on {}",
@@ -173,7 +190,24 @@ pub fn start_targets(cfg: &BenchConfig) -> anyhow::Result<Vec<Started>> {
             }
         });
     }
-    Ok(started)
+    if !skipped.is_empty() {
+        let lines: Vec<String> = skipped.iter().map(SkippedTarget::line).collect();
+        if started.len() < 2 {
+            let only = match started.first() {
+                Some(t) => format!("only {}", t.name),
+                None => "none".into(),
+            };
+            bail!(
+                "the default comparison needs two engines, but {only} started: {} (measure one \
+                 alone with --spawn)",
+                lines.join("; ")
+            );
+        }
+        for line in lines {
+            eprintln!("echo-bench: {line}; comparing the others without it");
+        }
+    }
+    Ok((started, skipped))
 }
 
 /// Run the benchmark described by `cfg`; returns the exit code (0, or 1 when errors occurred).
@@ -185,7 +219,8 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     // Start servers first: a server that fails to start fails the run before any load.
     let mut servers: Vec<Option<Spawned>> = Vec::new();
     let mut runs: Vec<TargetRun> = Vec::new();
-    for t in start_targets(&cfg)? {
+    let (started, skipped) = start_targets(&cfg)?;
+    for t in started {
         let mut run = TargetRun::new(t.name, t.address, t.spawn_command, open);
         run.server_pid = t.server.as_ref().and_then(Spawned::pid);
         runs.push(run);
@@ -193,6 +228,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     }
 
     let n = runs.len();
+    let name_w = runs.iter().map(|r| r.name.len()).max().unwrap_or(0).max(12);
     let many_trials = n > 1 || cfg.rounds > 1;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut first_start: Option<SystemTime> = None;
@@ -234,7 +270,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
                     .map(|c| format!("  server {:.3} µs/msg", c / 1000.0))
                     .unwrap_or_default();
                 eprintln!(
-                    "round {round}/{}  {:<12} {:>12.1} msgs/s  p50 {:.1} µs  p99 {:.1} µs{cpu}{}",
+                    "round {round}/{}  {:<name_w$} {:>12.1} msgs/s  p50 {:.1} µs  p99 {:.1} µs{cpu}{}",
                     cfg.rounds,
                     runs[i].name,
                     r.msgs_per_s,
@@ -291,6 +327,17 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
             "run stopped early after errors; remaining rounds were not run"
         )?;
     }
+    if cfg.default_comparison {
+        for skip in &skipped {
+            writeln!(out, "Not compared: {}", skip.line())?;
+        }
+        // The last lines: the outcome in plain words, only for a run that measured cleanly.
+        if exit_code == 0 && !incomplete {
+            for line in verdict::lines(&report::series(&runs), "engine") {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
     out.flush()?;
     drop(out);
     for r in &runs {
@@ -321,6 +368,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
             &cfg,
             &host_info,
             &runs,
+            &skipped,
             first_start.unwrap_or_else(SystemTime::now),
             incomplete,
             exit_code,

@@ -3,16 +3,33 @@
 //! The command is split into words (no shell), so the PID echo-bench holds is the server's own:
 //! it is the PID whose `/proc/<pid>/stat` gives the server CPU time, and the PID that gets
 //! SIGTERM. The child runs in its own process group (a terminal Ctrl-C reaches only
-//! echo-bench, which then stops the server itself), is optionally pinned with
-//! `sched_setaffinity` before `exec`, and gets `PR_SET_PDEATHSIG` so that it is terminated even
-//! if echo-bench itself is killed. [`Spawned`]'s `Drop` stops it on every path: success, error
-//! and interrupt.
+//! echo-bench, which then stops the server itself) and is optionally pinned with
+//! `sched_setaffinity` before `exec`. [`Spawned`]'s `Drop` stops it on every path: success,
+//! error and interrupt.
+//!
+//! A server never outlives echo-bench, even when echo-bench gets SIGKILL and no `Drop` runs:
+//! the child sets `PR_SET_PDEATHSIG` to **SIGKILL** before `exec`. SIGKILL rather than SIGTERM
+//! because the signal only matters when echo-bench died without stopping the server itself,
+//! and then nobody is left to read what a clean exit would print (the `summary:` line), while a
+//! server that handles SIGTERM by draining (uring-echo drains for up to its `--drain-timeout`;
+//! an arbitrary `--spawn` command may ignore SIGTERM) would outlive echo-bench; SIGKILL cannot
+//! be caught or ignored. Two caveats of prctl(2), and why they are safe here:
+//! * The signal is sent when the *thread* that forked the child ends, not the process. Servers
+//!   are started and stopped by the same [`Spawned`] guard on the thread that runs the
+//!   benchmark (`main`'s, in the binary), so that thread outlives every server it started; a
+//!   guard moved to another thread would get its server killed early when the starting thread
+//!   ends, never leaked.
+//! * If echo-bench dies between `fork` and the `prctl`, no signal comes: the child then sees a
+//!   parent PID other than echo-bench's and fails before `exec`.
 //!
 //! Readiness is the server's `listening on <addr>` stdout line, awaited with a timeout; a
 //! printed unspecified address (`0.0.0.0`, `[::]`) is replaced by the loopback of its family.
-//! From stderr, echo-bench keeps the last lines (for error messages), the `summary:` line the
-//! server prints at exit, and the first `features: key=value ...` line (what the server found
-//! the kernel supports), verbatim, so that saved results say which server features ran.
+//! A server that exits before it is ready is a [`StartError::NotReady`] (from
+//! [`Spawned::start_or_why`]) carrying its last stderr line (a server says there why it could
+//! not start), which the default comparison reports when it skips an engine. From stderr,
+//! echo-bench keeps the last lines (for error messages), the `summary:` line the server prints
+//! at exit, and the first `features: key=value ...` line (what the server found the kernel
+//! supports), verbatim, so that saved results say which server features ran.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -22,12 +39,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
 use crate::host;
 
 /// How long a server gets to exit after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long, after a server exited, its stderr may take to reach end of file (longer only if
+/// a process it started still holds the pipe).
+const STDERR_EOF_TIMEOUT: Duration = Duration::from_secs(1);
 const STDERR_TAIL_LINES: usize = 20;
 
 /// A running server process.
@@ -40,7 +60,61 @@ pub struct Spawned {
     pub addr: SocketAddr,
     child: Option<Child>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// Disconnected once the stderr reader has read everything (end of file).
+    stderr_eof: Option<mpsc::Receiver<()>>,
     features: Arc<Mutex<Option<String>>>,
+}
+
+/// Why a server did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// It exited (or closed its stdout) before printing its ready line: it could not start.
+    #[error(
+        "server '{command}' {how} before printing `listening on <addr>`{}",
+        last_line_suffix(.last_line.as_deref())
+    )]
+    NotReady {
+        /// The command as given.
+        command: String,
+        /// How it ended (`exited with status 1`).
+        how: String,
+        /// Its last stderr line, where a server says why it could not start.
+        last_line: Option<String>,
+    },
+    /// It could not be executed, did not get ready in time, or echo-bench was interrupted.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl StartError {
+    /// Why the server did not start, in one line: its last stderr line, else how it ended.
+    pub fn reason(&self) -> String {
+        match self {
+            StartError::NotReady {
+                last_line: Some(line),
+                ..
+            } => line.clone(),
+            StartError::NotReady { how, .. } => {
+                format!("it {how} before printing `listening on <addr>`")
+            }
+            StartError::Other(e) => format!("{e:#}"),
+        }
+    }
+}
+
+impl StartError {
+    /// As an `anyhow` error, without wrapping one twice.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            StartError::Other(e) => e,
+            e => anyhow::Error::new(e),
+        }
+    }
+}
+
+fn last_line_suffix(line: Option<&str>) -> String {
+    line.map(|l| format!("; last stderr line: {l}"))
+        .unwrap_or_default()
 }
 
 /// Prefix of the stderr line in which a server lists its features.
@@ -76,6 +150,35 @@ fn push_tail(tail: &Mutex<VecDeque<String>>, line: String) {
     t.push_back(line);
 }
 
+/// Configure `cmd` to run in its own process group, die with echo-bench and run on `cpus`
+/// (see the module docs).
+fn isolate(cmd: &mut Command, cpus: Option<&[usize]>) {
+    let set = cpus.map(host::cpu_set);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (setpgid, prctl, getppid, sched_setaffinity) on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // echo-bench died before the prctl took effect: no signal will come, so do not run.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if let Some(set) = &set {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Spawned {
     /// Start `argv`, wait up to `ready_timeout` for its ready line.
     pub fn start(
@@ -85,31 +188,25 @@ impl Spawned {
         cpus: Option<&[usize]>,
         ready_timeout: Duration,
     ) -> anyhow::Result<Spawned> {
+        Self::start_or_why(name, command, argv, cpus, ready_timeout)
+            .map_err(StartError::into_anyhow)
+    }
+
+    /// [`Spawned::start`], telling a server that could not start ([`StartError::NotReady`])
+    /// from the other failures.
+    pub fn start_or_why(
+        name: &str,
+        command: &str,
+        argv: &[String],
+        cpus: Option<&[usize]>,
+        ready_timeout: Duration,
+    ) -> Result<Spawned, StartError> {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let set = cpus.map(host::cpu_set);
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // syscalls (setpgid, prctl, sched_setaffinity) on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(set) = &set {
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        isolate(&mut cmd, cpus);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start server '{command}'"))?;
@@ -117,6 +214,7 @@ impl Spawned {
         let stderr = child.stderr.take().expect("piped stderr");
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let features = Arc::new(Mutex::new(None));
+        let (eof_tx, eof_rx) = mpsc::channel::<()>();
         {
             let tail = tail.clone();
             let features = features.clone();
@@ -135,6 +233,7 @@ impl Spawned {
                             Err(_) => break,
                         }
                     }
+                    drop(eof_tx);
                 })
                 .context("cannot start stderr reader thread")?;
         }
@@ -170,45 +269,52 @@ impl Spawned {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             child: Some(child),
             stderr: tail,
+            stderr_eof: Some(eof_rx),
             features,
         };
         let deadline = Instant::now() + ready_timeout;
         loop {
             if crate::interrupt::interrupted() {
-                bail!("interrupted");
+                return Err(anyhow!("interrupted").into());
             }
-            match rx.recv_timeout(Duration::from_millis(20)) {
+            let ended = match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(addr) => {
                     spawned.addr = connectable(addr);
                     return Ok(spawned);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // stdout closed without a ready line: wait briefly for the exit status.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed without a ready line: wait briefly for the exit status.
-                    let status = spawned.wait_exit(Duration::from_millis(500));
-                    std::thread::sleep(Duration::from_millis(50));
-                    bail!(
-                        "server '{command}' {} before printing `listening on <addr>`{}",
-                        describe_exit(status),
-                        spawned.stderr_suffix()
-                    );
+                    Some(spawned.wait_exit(Duration::from_millis(500)))
                 }
-            }
-            if let Some(status) = spawned.try_exit() {
-                // give the stderr reader a moment to collect the last lines
-                std::thread::sleep(Duration::from_millis(50));
-                bail!(
-                    "server '{command}' {} before printing `listening on <addr>`{}",
-                    describe_exit(Some(status)),
-                    spawned.stderr_suffix()
-                );
+                Err(mpsc::RecvTimeoutError::Timeout) => spawned.try_exit().map(Some),
+            };
+            if let Some(status) = ended {
+                if status.is_some() {
+                    spawned.wait_stderr_eof();
+                }
+                return Err(StartError::NotReady {
+                    command: command.to_string(),
+                    how: describe_exit(status),
+                    last_line: spawned.stderr_tail().pop(),
+                });
             }
             if Instant::now() >= deadline {
-                bail!(
+                return Err(anyhow!(
                     "server '{command}' did not print `listening on <addr>` within {}{}",
                     humantime::format_duration(ready_timeout),
                     spawned.stderr_suffix()
-                );
+                )
+                .into());
+            }
+        }
+    }
+
+    /// After the server exited: wait until its stderr is read to the end, so that its last
+    /// lines are in the tail.
+    fn wait_stderr_eof(&mut self) {
+        if let Some(rx) = &self.stderr_eof {
+            if let Err(mpsc::RecvTimeoutError::Disconnected) = rx.recv_timeout(STDERR_EOF_TIMEOUT) {
+                self.stderr_eof = None;
             }
         }
     }
@@ -245,7 +351,7 @@ impl Spawned {
     /// Fail if the server has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.try_exit() {
-            std::thread::sleep(Duration::from_millis(50));
+            self.wait_stderr_eof();
             bail!(
                 "server '{}' {} during the run{}",
                 self.name,
@@ -264,7 +370,7 @@ impl Spawned {
             .clone()
     }
 
-    /// The last stderr lines, joined with ` | `.
+    /// The last stderr lines, oldest first.
     pub fn stderr_tail(&self) -> Vec<String> {
         self.stderr
             .lock()
@@ -275,11 +381,7 @@ impl Spawned {
     }
 
     fn stderr_suffix(&self) -> String {
-        let tail = self.stderr_tail();
-        match tail.last() {
-            Some(last) => format!("; last stderr line: {last}"),
-            None => String::new(),
-        }
+        last_line_suffix(self.stderr_tail().last().map(String::as_str))
     }
 
     /// Stop the server: SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]. Returns its `summary:`
@@ -302,19 +404,11 @@ impl Spawned {
                 }
             }
         }
-        // Let the stderr reader catch the final lines.
-        let deadline = Instant::now() + Duration::from_millis(300);
-        loop {
-            let summary = self
-                .stderr_tail()
-                .into_iter()
-                .rev()
-                .find(|l| l.starts_with("summary:"));
-            if summary.is_some() || Instant::now() >= deadline {
-                return summary;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_stderr_eof();
+        self.stderr_tail()
+            .into_iter()
+            .rev()
+            .find(|l| l.starts_with("summary:"))
     }
 }
 
@@ -366,20 +460,30 @@ mod tests {
     }
 
     #[test]
-    fn a_command_that_exits_early_is_reported_with_its_stderr() {
-        let argv: Vec<String> = ["sh", "-c", "echo boom >&2; exit 3"]
+    fn a_command_that_exits_early_is_reported_with_its_last_stderr_line() {
+        let argv: Vec<String> = ["sh", "-c", "echo starting >&2; echo boom >&2; exit 3"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let err = Spawned::start("x", "sh -c ...", &argv, None, Duration::from_secs(5))
+        let err = Spawned::start_or_why("x", "sh -c ...", &argv, None, Duration::from_secs(5))
             .err()
             .expect("must fail");
-        let msg = format!("{err:#}");
-        assert!(
-            msg.contains("exited with status 3") || msg.contains("closed its stdout"),
-            "{msg}"
+        assert!(matches!(err, StartError::NotReady { .. }), "{err:?}");
+        assert_eq!(err.reason(), "boom");
+        let msg = format!("{:#}", err.into_anyhow());
+        assert_eq!(
+            msg,
+            "server 'sh -c ...' exited with status 3 before printing `listening on <addr>`; \
+             last stderr line: boom"
         );
-        assert!(msg.contains("boom"), "{msg}");
+        let silent = ["sh", "-c", "exit 4"].map(String::from);
+        let err = Spawned::start_or_why("x", "exit 4", &silent, None, Duration::from_secs(5))
+            .err()
+            .expect("must fail");
+        assert_eq!(
+            err.reason(),
+            "it exited with status 4 before printing `listening on <addr>`"
+        );
     }
 
     #[test]
@@ -396,18 +500,22 @@ mod tests {
     #[test]
     fn a_missing_binary_is_a_clear_error() {
         let argv = vec!["/nonexistent/uring-echo".to_string()];
-        let err = Spawned::start(
-            "x",
-            "/nonexistent/uring-echo",
-            &argv,
-            None,
-            Duration::from_secs(1),
-        )
-        .err()
-        .expect("must fail");
+        let start = || {
+            Spawned::start_or_why(
+                "x",
+                "/nonexistent/uring-echo",
+                &argv,
+                None,
+                Duration::from_secs(1),
+            )
+        };
+        let err = start().err().expect("must fail");
+        assert!(matches!(err, StartError::Other(_)), "{err:?}");
+        let msg = format!("{:#}", err.into_anyhow());
         assert!(
-            format!("{err:#}").contains("cannot start server"),
-            "{err:#}"
+            msg.starts_with("cannot start server '/nonexistent/uring-echo': ")
+                && msg.contains("No such file"),
+            "{msg}"
         );
     }
 }

@@ -85,6 +85,28 @@ fn every_kind_of_report_matches_the_schema() {
     assert!(open["targets"][0]["send_lateness"].is_object());
     assert_valid(&v, &open, "an open-loop run");
 
+    // The default comparison with an engine that could not start (`skipped`).
+    let default = join(&dir, "default.json");
+    let wrapper = failing_wrapper(dir.path(), &uring_echo(), "uring-multishot");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.env("ECHO_BENCH_SERVER", &wrapper).args([
+        "-q",
+        "-c",
+        "2",
+        "-d",
+        "100ms",
+        "--warmup",
+        "50ms",
+        "--rounds",
+        "1",
+        "--json",
+        &path_str(&default),
+    ]);
+    expect_success(&run_command(cmd, Duration::from_secs(60)));
+    let default = read_json(&default);
+    assert_eq!(default["skipped"][0]["name"], "uring-multishot");
+    assert_valid(&v, &default, "a default comparison with a skipped engine");
+
     // merge
     let merged = join(&dir, "merged.json");
     expect_success(&run(&[
@@ -144,11 +166,17 @@ fn every_kind_of_report_matches_the_schema() {
     wrong_type["slo"]["targets"][0]["stop_reason"] = "gave up".into();
     let mut unknown = closed.clone();
     unknown["config"]["turbo"] = true.into();
+    let mut unexplained = default.clone();
+    unexplained["skipped"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("reason");
     for (what, report) in [
         ("missing", missing),
         ("renamed", renamed),
         ("wrong type", wrong_type),
         ("unknown", unknown),
+        ("missing skip reason", unexplained),
     ] {
         assert!(
             !errors(&v, &report).is_empty(),

@@ -1,10 +1,12 @@
-//! `--spawn`, interleaved rounds and the default comparison, against the real uring-echo
-//! (built beside echo-bench by `cargo test --workspace`).
+//! `--spawn` and interleaved rounds against the real uring-echo (built beside echo-bench by
+//! `cargo test --workspace`), and the spawned servers' lifetime: stopped on every path out of
+//! echo-bench, even SIGKILL.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -100,60 +102,6 @@ fn spawned_servers_are_compared_over_interleaved_rounds_and_stopped() {
 }
 
 #[test]
-fn default_comparison_spawns_uring_and_epoll_from_beside_the_binary() {
-    let _ = uring_echo();
-    let dir = tmp();
-    let json = join(&dir, "r.json");
-    // Shortened with flags; without them this is 5 rounds of 2 s.
-    let out = run(&[
-        "-q",
-        "-c",
-        "4",
-        "-d",
-        "200ms",
-        "--warmup",
-        "50ms",
-        "--rounds",
-        "1",
-        "--json",
-        &path_str(&json),
-    ]);
-    let text = expect_success(&out);
-    assert!(
-        text.contains("== uring (") && text.contains("== epoll ("),
-        "{text}"
-    );
-    assert!(text.contains("comparison"), "{text}");
-    let j = read_json(&json);
-    assert_eq!(j["config"]["default_comparison"], true);
-    let cmd = j["targets"][0]["spawn_command"].as_str().unwrap();
-    assert!(
-        cmd.contains("uring-echo") && cmd.contains("--runtime uring"),
-        "{cmd}"
-    );
-    if j["host"]["allowed_cpus"].as_array().unwrap().len() >= 2 {
-        assert_eq!(j["pinning"]["server_cpus"].as_array().unwrap().len(), 1);
-        assert_eq!(j["pinning"]["client_cpus"].as_array().unwrap().len(), 1);
-        assert_ne!(j["pinning"]["server_cpus"], j["pinning"]["client_cpus"]);
-    }
-}
-
-#[test]
-fn default_comparison_without_uring_echo_says_how_to_build_it() {
-    let dir = tmp();
-    let lonely = join(&dir, "echo-bench");
-    std::fs::copy(BIN, &lonely).unwrap();
-    let out = Command::new(&lonely).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("cargo build --release --workspace && target/release/echo-bench"),
-        "{err}"
-    );
-}
-
-#[test]
 fn a_server_that_never_gets_ready_is_killed_and_reported() {
     let out = run(&["--spawn", "sleep 30", "--spawn-timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(1));
@@ -174,51 +122,107 @@ fn a_server_that_never_gets_ready_is_killed_and_reported() {
     );
 }
 
+/// echo-bench loading one spawned epoll server for 30 s, once all its connections are up.
+struct Loading {
+    echo_bench: Child,
+    stderr: BufReader<ChildStderr>,
+    server_pid: u64,
+}
+
+impl Loading {
+    fn start() -> Loading {
+        let mut echo_bench = Command::new(BIN)
+            .args(["-c", "2", "-d", "30s", "--spawn", &server_cmd("epoll")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(echo_bench.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        // "started spawn1: pid N listening on ADDR"
+        let word_after = |key: &str| {
+            line.split_whitespace()
+                .skip_while(|w| *w != key)
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        let server_pid: u64 = word_after("pid").parse().unwrap();
+        let addr: std::net::SocketAddr = word_after("on").parse().unwrap();
+        assert!(pid_alive(server_pid));
+        // The load runs once the server has accepted both connections.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while established_to(addr.port()) < 2 {
+            assert!(Instant::now() < deadline, "echo-bench never connected");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Loading {
+            echo_bench,
+            stderr,
+            server_pid,
+        }
+    }
+
+    /// Send `signal` to echo-bench and wait (at most 10 s) for it to end.
+    fn signal(&mut self, signal: libc::c_int) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(self.echo_bench.id() as libc::pid_t, signal) };
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.echo_bench.try_wait().unwrap() {
+                return s;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.echo_bench.kill();
+                panic!("echo-bench did not stop after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        // A failed test must not leave either process behind.
+        let _ = self.echo_bench.kill();
+        let _ = self.echo_bench.wait();
+        if pid_alive(self.server_pid) {
+            // SAFETY: kill(2) on the PID of the server this test had echo-bench start.
+            unsafe { libc::kill(self.server_pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
 #[test]
 fn ctrl_c_stops_the_run_and_the_server() {
-    let mut child = Command::new(BIN)
-        .args(["-c", "2", "-d", "30s", "--spawn", &server_cmd("epoll")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    // "started spawn1: pid N listening on ADDR"
-    let word_after = |key: &str| {
-        line.split_whitespace()
-            .skip_while(|w| *w != key)
-            .nth(1)
-            .map(str::to_string)
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-    };
-    let pid: u64 = word_after("pid").parse().unwrap();
-    let addr: std::net::SocketAddr = word_after("on").parse().unwrap();
-    assert!(pid_alive(pid));
-    // The load runs once the server has accepted both connections.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while established_to(addr.port()) < 2 {
-        assert!(Instant::now() < deadline, "echo-bench never connected");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: kill(2) on our own child's PID.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("echo-bench did not stop after SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut run = Loading::start();
+    let status = run.signal(libc::SIGINT);
     assert_eq!(status.code(), Some(130));
     let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    let _ = std::io::Read::read_to_string(&mut run.stderr, &mut rest);
     assert!(rest.contains("echo-bench: interrupted"), "{rest}");
-    assert!(!pid_alive(pid), "server {pid} survived the interrupt");
+    assert!(
+        !pid_alive(run.server_pid),
+        "server {} survived the interrupt",
+        run.server_pid
+    );
+}
+
+/// PR_SET_PDEATHSIG: no `Drop` runs in a SIGKILLed echo-bench, yet its server goes too.
+#[test]
+fn a_server_does_not_outlive_a_killed_echo_bench() {
+    let mut run = Loading::start();
+    let status = run.signal(libc::SIGKILL);
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(run.server_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "server {} still running 5 s after echo-bench was killed",
+            run.server_pid
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -20,8 +20,12 @@
 //! little. With 3 or 4 rounds the label is the min–max test, which under "no difference"
 //! still comes out "significant" with probability 2·2⁻ⁿ (25% for n = 3, 12.5% for n = 4) —
 //! use ≥ 5 rounds for decisions.
+//!
+//! [`verdict`] says the outcome in plain words (which target leads, and whether beyond the
+//! noise) from these same figures.
 
 pub mod saved;
+pub mod verdict;
 
 use serde::{Deserialize, Deserializer, Serialize};
 

@@ -25,7 +25,7 @@ use crate::load::ErrorCounts;
 use crate::record::{self, new_histogram, MergedIntervals};
 
 /// JSON schema version; bump on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// Bytes per MiB.
 pub const MIB: f64 = 1024.0 * 1024.0;
 
@@ -375,7 +375,7 @@ pub struct ConfigJson {
     pub start_at: Option<String>,
     /// Seed.
     pub seed: u64,
-    /// True for the built-in uring/epoll comparison.
+    /// True for the built-in comparison of the engines.
     pub default_comparison: bool,
     /// Histogram unit and bounds.
     pub histogram: HistogramConfigJson,
@@ -441,8 +441,31 @@ pub struct JsonReport {
     pub errors_total: u64,
     /// Rounds not run because of an error or interrupt.
     pub incomplete: bool,
+    /// Default comparison: the engines whose server could not start, not in `targets`
+    /// (schema 3).
+    #[serde(default)]
+    pub skipped: Vec<SkippedTarget>,
     /// The exit code echo-bench returns.
     pub exit_code: u8,
+}
+
+/// A target of the default comparison whose server exited before it was ready, and was left
+/// out of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedTarget {
+    /// Name (the engine).
+    pub name: String,
+    /// The command that failed.
+    pub spawn_command: String,
+    /// Why: the server's last stderr line (or how it ended, if it printed none).
+    pub reason: String,
+}
+
+impl SkippedTarget {
+    /// `NAME could not start: REASON`.
+    pub fn line(&self) -> String {
+        format!("{} could not start: {}", self.name, self.reason)
+    }
 }
 
 /// An open-loop run reached its rate when it completed at least this fraction of it. Below it,
@@ -479,6 +502,7 @@ pub fn json_report(
     cfg: &BenchConfig,
     host: &HostInfo,
     targets: &[TargetRun],
+    skipped: &[SkippedTarget],
     start_time: SystemTime,
     incomplete: bool,
     exit_code: u8,
@@ -542,20 +566,25 @@ pub fn json_report(
         targets: targets_json,
         comparison: comparison(targets),
         incomplete,
+        skipped: skipped.to_vec(),
         exit_code,
     }
 }
 
-/// The comparison of live runs (see [`compare::comparison`]).
-pub fn comparison(targets: &[TargetRun]) -> Option<ComparisonJson> {
-    let series: Vec<Series<'_>> = targets
+/// Live runs as the comparison reads them.
+pub fn series(targets: &[TargetRun]) -> Vec<Series<'_>> {
+    targets
         .iter()
         .map(|t| Series {
             name: &t.name,
             rounds: &t.rounds,
         })
-        .collect();
-    compare::comparison(&series)
+        .collect()
+}
+
+/// The comparison of live runs (see [`compare::comparison`]).
+pub fn comparison(targets: &[TargetRun]) -> Option<ComparisonJson> {
+    compare::comparison(&series(targets))
 }
 
 /// The header of a report of `command` (`run`, `slo`) made with `cfg`.

@@ -289,7 +289,8 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
     let slo_words = report::slo_text(cfg.quantile, us(slo_ns));
     let quiet = cfg.bench.quiet;
 
-    let mut started = start_targets(&cfg.bench)?;
+    // No default comparison in slo (it needs targets), so nothing is ever skipped here.
+    let (mut started, _) = start_targets(&cfg.bench)?;
     let mut targets: Vec<TargetSearch> = started
         .iter()
         .map(|t| TargetSearch {

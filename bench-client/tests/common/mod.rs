@@ -12,6 +12,10 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod failing;
+#[allow(unused_imports)]
+pub use failing::*;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_echo-bench");
 
 /// What a test server does with the bytes it reads.
@@ -191,8 +195,15 @@ fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
 
 /// Run echo-bench with `args`; kill it (and fail) after `timeout`.
 pub fn run_with_timeout(args: &[String], timeout: Duration) -> Output {
-    let child = Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    run_command(cmd, timeout)
+}
+
+/// Run `cmd` (echo-bench with its arguments, environment, ...) with piped output; kill it (and
+/// fail) after `timeout`.
+pub fn run_command(mut cmd: Command, timeout: Duration) -> Output {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -208,7 +219,7 @@ pub fn run_with_timeout(args: &[String], timeout: Duration) -> Output {
         Err(_) => {
             // SAFETY: kill(2) on the PID of our own child.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("echo-bench {args:?} did not finish within {timeout:?}");
+            panic!("{cmd:?} did not finish within {timeout:?}");
         }
     }
 }
