@@ -494,6 +494,9 @@ fn sample_threads(tids: &[i32]) -> ThreadSample {
 /// (a run whose connections all failed before the measured window) one accounting step is
 /// thousands of percent of it.
 const MIN_LOAD_WINDOW_NS: u64 = 10_000_000;
+/// How far above the whole window a thread's CPU or run-queue time may read and still count
+/// (the samples are not taken at exactly the window's edges).
+const LOAD_SLACK: f64 = 0.05;
 
 /// CPU demand of every thread readable at both edges, over the time between the samples; none
 /// when the samples are too close together to tell ([`MIN_LOAD_WINDOW_NS`]).
@@ -510,9 +513,14 @@ fn thread_loads(start: &ThreadSample, end: &ThreadSample) -> Vec<ThreadLoad> {
         .enumerate()
         .filter_map(|(thread, (a, b))| {
             let (a, b) = (a.as_ref()?, b.as_ref()?);
-            let cpu = b.cpu_ns.saturating_sub(a.cpu_ns) as f64 / window;
+            // A fraction above 1 is not a measurement but accounting: the kernel adds a whole
+            // wait when the thread next runs, so a wait that began before the window lands in
+            // it (seen on a loaded VM: 'waiting for a CPU 935%'). Such a figure is dropped, not
+            // taken as evidence.
+            let plausible = |f: f64| (f <= 1.0 + LOAD_SLACK).then_some(f);
+            let cpu = plausible(b.cpu_ns.saturating_sub(a.cpu_ns) as f64 / window)?;
             let run_queue_wait = match (a.wait_ns, b.wait_ns) {
-                (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64 / window),
+                (Some(x), Some(y)) => plausible(y.saturating_sub(x) as f64 / window),
                 _ => None,
             };
             Some(ThreadLoad {
@@ -715,5 +723,24 @@ mod tests {
         let loads = thread_loads(&start, &long);
         assert_eq!(loads.len(), 1);
         assert!((loads[0].busy - 0.5).abs() < 1e-9, "{loads:?}");
+    }
+
+    #[test]
+    fn impossible_fractions_are_not_evidence() {
+        let at = |at_ns, cpu_ns, wait_ns| ThreadSample {
+            at_ns,
+            times: vec![Some(ThreadTimes {
+                cpu_ns,
+                wait_ns: Some(wait_ns),
+            })],
+        };
+        let start = at(0, 0, 0);
+        // A run-queue wait 9.35 times the window: dropped, the CPU share kept.
+        let loads = thread_loads(&start, &at(800_000_000, 400_000_000, 7_480_000_000));
+        assert_eq!(loads.len(), 1);
+        assert_eq!(loads[0].run_queue_wait, None);
+        assert!((loads[0].busy - 0.5).abs() < 1e-9, "{loads:?}");
+        // CPU time beyond the window: the thread has no figure.
+        assert!(thread_loads(&start, &at(800_000_000, 2_000_000_000, 0)).is_empty());
     }
 }
