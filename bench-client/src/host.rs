@@ -139,9 +139,14 @@ fn clock_ticks_per_second() -> u64 {
     }
 }
 
-/// utime + stime of process `pid`, all threads included, in ns (resolution: one clock tick,
-/// usually 10 ms). Parsed from `/proc/<pid>/stat` fields 14 and 15.
+/// CPU time (user + system) of process `pid` so far, all its threads included (exited ones
+/// too), in ns: the kernel's process CPU clock (`clock_getcpuclockid` + `clock_gettime`), which
+/// counts the scheduler's exact runtime. Where that clock cannot be read, utime + stime from
+/// `/proc/<pid>/stat` fields 14 and 15, whose resolution is one clock tick (usually 10 ms).
 pub fn process_cpu_ns(pid: u32) -> io::Result<u64> {
+    if let Some(ns) = process_cpu_clock_ns(pid) {
+        return Ok(ns);
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat_cpu_ticks(&stat)
         .map(|ticks| ticks * 1_000_000_000 / clock_ticks_per_second())
@@ -151,6 +156,26 @@ pub fn process_cpu_ns(pid: u32) -> io::Result<u64> {
                 format!("unparsable /proc/{pid}/stat"),
             )
         })
+}
+
+/// The process CPU clock of `pid`, ns; `None` if it cannot be read (no such process, or a
+/// kernel that refuses).
+fn process_cpu_clock_ns(pid: u32) -> Option<u64> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid out-pointer for the duration of the call.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; `clock` came from clock_getcpuclockid.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(u64::try_from(ts.tv_sec).ok()? * 1_000_000_000 + u64::try_from(ts.tv_nsec).ok()?)
 }
 
 /// utime + stime in clock ticks from the text of a `/proc/<pid>/stat` file.
@@ -271,10 +296,37 @@ mod tests {
     }
 
     #[test]
-    fn own_process_stat_is_readable() {
-        let ns = process_cpu_ns(std::process::id()).unwrap();
-        // any value is plausible; it must parse
-        let _ = ns;
+    fn another_process_cpu_time_has_nanosecond_resolution() {
+        // A child that burns about 50 ms of CPU, then waits to be killed.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 30",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut last = 0;
+        let mut readings = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while readings.len() < 20 && std::time::Instant::now() < deadline {
+            let ns = process_cpu_ns(pid).unwrap();
+            assert!(ns >= last, "CPU time went backwards: {last} -> {ns}");
+            if ns != last {
+                readings.push(ns);
+            }
+            last = ns;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // Clock-tick readings are multiples of 10 ms (or 1 ms at HZ=1000); the process CPU
+        // clock is not.
+        let tick = 1_000_000_000 / clock_ticks_per_second();
+        assert!(
+            readings.iter().any(|ns| ns % tick != 0),
+            "only whole clock ticks: {readings:?}"
+        );
         assert!(self_cpu_ns() > 0);
     }
 

@@ -237,9 +237,9 @@ pub fn parse_targets(report: &JsonReport) -> Vec<TargetResult> {
                         r.round as u64,
                         Round {
                             msgs_per_s: r.msgs_per_s,
-                            // Server CPU time is read in clock ticks (10 ms): a round with less
-                            // than one tick of server CPU (a stalled round of a few messages)
-                            // reads 0, which is no figure.
+                            // A round without server CPU time (a stalled round of a few messages,
+                            // or where CPU is read in 10 ms clock ticks, less than one) has no
+                            // figure.
                             server_cpu_ns: r.server_cpu_ns_per_msg.filter(|c| *c > 0.0),
                             p50_us: r.p50_us,
                             p99_us: r.p99_us,
