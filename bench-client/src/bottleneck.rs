@@ -6,7 +6,10 @@
 //!   as a fraction of the measured window. A thread that was running or waiting to run for at
 //!   least [`BUSY_LIMIT`] of the window had no slack: whether its own work filled the CPU or
 //!   another process took it, the load was paced by the client. Not applied with `--busy-poll`,
-//!   whose threads are always running by design; there only the lateness counts.
+//!   whose threads are always running by design, nor to a thread whose open-loop pacer spun
+//!   for more than [`SPIN_LIMIT`] of the window (at high per-thread rates the next send is
+//!   always less than [`crate::pacer::SPIN_NS`] away, so the thread never sleeps: 100% busy at
+//!   a rate it sustains easily); there only the lateness counts.
 //! * **Send lateness** (open loop): actual send time − intended send time, for messages that
 //!   became due while their connection had room to send (a message held back by a full
 //!   pipeline waits for the server, not for the client). The client is late when the p99
@@ -34,6 +37,9 @@ use crate::report::us;
 
 /// A client thread running or waiting for a CPU this fraction of the window was saturated.
 pub const BUSY_LIMIT: f64 = 0.95;
+/// A thread whose pacer spun more than this fraction of the window is not judged by its CPU
+/// share (only by lateness), like a `--busy-poll` thread.
+pub const SPIN_LIMIT: f64 = 0.05;
 /// The send-lateness p99 limit is never below this.
 pub const LATENESS_FLOOR_NS: u64 = 1_000_000;
 /// ... and otherwise this many of a client thread's mean send intervals.
@@ -61,6 +67,11 @@ pub struct ThreadLoad {
     pub run_queue_wait: Option<f64>,
     /// `cpu + run_queue_wait`.
     pub busy: f64,
+    /// Open loop: fraction of the window the thread's pacer spun, waiting for a send due in
+    /// less than [`crate::pacer::SPIN_NS`] (null in closed loop). Above [`SPIN_LIMIT`] the
+    /// thread was kept on its CPU by design, so `busy` is not evidence.
+    #[serde(default)]
+    pub spin: Option<f64>,
 }
 
 /// Send-lateness percentiles, µs.
@@ -124,7 +135,7 @@ impl ClientCheck {
         if !busy_poll {
             if let Some(t) = threads
                 .iter()
-                .filter(|t| t.busy >= BUSY_LIMIT)
+                .filter(|t| t.busy >= BUSY_LIMIT && t.spin.is_none_or(|s| s <= SPIN_LIMIT))
                 .max_by(|a, b| a.busy.total_cmp(&b.busy))
             {
                 let wait = t
@@ -220,6 +231,7 @@ mod tests {
             cpu: busy - wait,
             run_queue_wait: Some(wait),
             busy,
+            spin: None,
         }
     }
 
@@ -285,6 +297,20 @@ mod tests {
         assert!(slow.client_bound);
         assert!(slow.reasons[0].contains("reacted"), "{:?}", slow.reasons);
         assert!(slow.send_lateness.is_none());
+        // A thread whose pacer spun (sends under 50 µs apart) is busy by design: judged by
+        // its lateness only, like busy-poll; a thread that barely spun is judged by its CPU.
+        let spinning = ThreadLoad {
+            spin: Some(0.8),
+            ..thread(1.0, 0.0)
+        };
+        let on_time = ClientCheck::judge(vec![spinning], false, None, None, Some(1_000_000));
+        assert!(!on_time.client_bound, "{:?}", on_time.reasons);
+        let barely = ThreadLoad {
+            spin: Some(SPIN_LIMIT / 2.0),
+            ..thread(1.0, 0.0)
+        };
+        let saturated = ClientCheck::judge(vec![barely], false, None, None, Some(1_000_000));
+        assert!(saturated.client_bound, "{:?}", saturated.reasons);
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub struct TrialResult {
 }
 
 struct ThreadOutput {
+    /// Client thread index.
+    thread: usize,
+    /// Open loop: time the pacer spun inside the window, ns.
+    spun_ns: Option<u64>,
     latency: Histogram<u64>,
     service: Option<Histogram<u64>>,
     lateness: Option<Histogram<u64>>,
@@ -404,6 +408,10 @@ pub fn run_trial(
             },
             client_cpu_ns: client_end.saturating_sub(client_start),
         };
+        let spun: Vec<(usize, u64)> = outputs
+            .iter()
+            .filter_map(|o| Some((o.thread, o.spun_ns?)))
+            .collect();
         let mut errors: Vec<ConnError> = Vec::new();
         for out in outputs {
             add_into(&mut result.latency, &out.latency);
@@ -465,8 +473,15 @@ pub fn run_trial(
             ),
             Mode::Closed => None,
         };
+        let mut loads = thread_loads(&threads_start, &threads_end);
+        for load in &mut loads {
+            load.spin = spun
+                .iter()
+                .find(|(t, _)| *t == load.thread)
+                .map(|(_, ns)| *ns as f64 / result.measured_ns.max(1) as f64);
+        }
         result.client = ClientCheck::judge(
-            thread_loads(&threads_start, &threads_end),
+            loads,
             cfg.busy_poll,
             result.lateness.as_ref(),
             result.wake_lateness.as_ref(),
@@ -528,6 +543,7 @@ fn thread_loads(start: &ThreadSample, end: &ThreadSample) -> Vec<ThreadLoad> {
                 cpu,
                 run_queue_wait,
                 busy: cpu + run_queue_wait.unwrap_or(0.0),
+                spin: None,
             })
         })
         .collect()
@@ -680,8 +696,11 @@ fn client_thread(
         let shared =
             Rc::try_unwrap(shared).map_err(|_| anyhow!("connection state still referenced"))?;
         let wake_lateness = shared.pacer.as_ref().and_then(|p| p.probe_lateness());
+        let spun_ns = shared.pacer.as_ref().and_then(|p| p.spun_ns());
         let recorded = shared.recorder.into_inner().finish();
         Ok(Some(ThreadOutput {
+            thread: t,
+            spun_ns,
             latency: recorded.latency,
             service: recorded.service,
             lateness: recorded.lateness,

@@ -42,8 +42,11 @@ pub const PROBE_PERIOD_NS: u64 = 1_000_000;
 /// The probe's ticks: due times from `next_ns` on, recorded while before `until_ns`.
 struct Probe {
     next_ns: Cell<u64>,
+    from_ns: u64,
     until_ns: u64,
     lateness: RefCell<Histogram<u64>>,
+    /// Time inside the span the pacer spent spinning (see [`Pacer::spun_ns`]).
+    spun_ns: Cell<u64>,
 }
 
 struct Entry {
@@ -102,8 +105,10 @@ impl Pacer {
             armed_ns: Cell::new(u64::MAX),
             probe: probe.map(|(from_ns, until_ns)| Probe {
                 next_ns: Cell::new(from_ns),
+                from_ns,
                 until_ns,
                 lateness: RefCell::new(new_histogram()),
+                spun_ns: Cell::new(0),
             }),
         }))
     }
@@ -111,6 +116,13 @@ impl Pacer {
     /// The lateness of the probe's ticks so far (ns), if it has a probe.
     pub fn probe_lateness(&self) -> Option<Histogram<u64>> {
         self.probe.as_ref().map(|p| p.lateness.borrow().clone())
+    }
+
+    /// How long, inside the probe's span, the pacer kept its thread awake by spinning (from
+    /// each decision to spin to the pacer's next turn): time the thread spends on a CPU by
+    /// design, like `--busy-poll`, so its CPU share is no evidence of saturation.
+    pub fn spun_ns(&self) -> Option<u64> {
+        self.probe.as_ref().map(|p| p.spun_ns.get())
     }
 
     /// Record the probe ticks due by `now`; the next tick's due time, if inside its span.
@@ -185,6 +197,10 @@ impl Pacer {
                 // are worth spinning for, not the probe.)
                 self.armed_ns.set(0);
                 tokio::task::yield_now().await;
+                if let Some(p) = &self.probe {
+                    let (from, to) = (now.max(p.from_ns), now_ns().min(p.until_ns));
+                    p.spun_ns.set(p.spun_ns.get() + to.saturating_sub(from));
+                }
                 continue;
             }
             let next_due = match (next_due, probe_due) {

@@ -83,7 +83,7 @@ fn slo_brackets_the_known_knee_and_tightens_with_precision() {
         let plot = join(&dir, &format!("slo-{goal}.svg"));
         let text = slo_search(precision, &json, Some(&plot));
         let j = read_json(&json);
-        assert_eq!(j["schema_version"], 3);
+        assert_eq!(j["schema_version"], 4);
         assert_eq!(j["command"], "slo");
         let slo = &j["slo"];
         assert_eq!(slo["quantile"], 99.0);

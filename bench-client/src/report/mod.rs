@@ -25,7 +25,7 @@ use crate::load::ErrorCounts;
 use crate::record::{self, new_histogram, MergedIntervals};
 
 /// JSON schema version; bump on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// Bytes per MiB.
 pub const MIB: f64 = 1024.0 * 1024.0;
 
