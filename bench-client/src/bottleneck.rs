@@ -135,7 +135,7 @@ impl ClientCheck {
         if !busy_poll {
             if let Some(t) = threads
                 .iter()
-                .filter(|t| t.busy >= BUSY_LIMIT && t.spin.is_none_or(|s| s <= SPIN_LIMIT))
+                .filter(|t| t.busy >= BUSY_LIMIT && t.spin.map_or(true, |s| s <= SPIN_LIMIT))
                 .max_by(|a, b| a.busy.total_cmp(&b.busy))
             {
                 let wait = t
