@@ -373,3 +373,84 @@ fn bundle_on_without_the_budget_is_refused() {
     );
     common::assert_one_line_error(&exited, 1, &["--feature bundle=on"]);
 }
+
+/// A client that writes and never reads, then goes away with the echo unread (a reset): with
+/// zero-copy sends its connection holds buffers the kernel may still read, and is closed while
+/// notifications may be pending. The engine still ends with every buffer back in the ring and
+/// nothing abandoned, and another client is served meanwhile.
+#[test]
+fn send_zc_never_reading_writer_then_reset() {
+    if !available(Feature::SendZc) {
+        return;
+    }
+    let mut p = params();
+    p.send_zc = true;
+    p.buffers = 64;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = std::sync::Arc::new(Stats::new(1));
+    let shutdown = Shutdown::new();
+    let admission = Admission::new(None);
+    let handle = {
+        let (stats, shutdown, admission) = (stats.clone(), shutdown.clone(), admission.clone());
+        thread::spawn(move || -> io::Result<Report> {
+            Engine::new(listener, p)?.run(stats.worker(0), &admission, &shutdown)
+        })
+    };
+    // The writer: 64 KiB writes until a write blocks for a whole second (the server stopped
+    // reading it: its echo is stuck and its queue at the cap), at most 64 MiB.
+    let mut writer = common::connect(addr);
+    writer
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let chunk = common::pattern(77, 64 * 1024);
+    let mut written = 0usize;
+    while written < 64 << 20 {
+        match writer.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("writer: {e}"),
+        }
+    }
+    assert!(written < 64 << 20, "the server never held the writer back");
+    // Another client is served beside it.
+    let mut other = common::connect(addr);
+    for i in 0..20u64 {
+        common::echo_once(&mut other, &common::pattern(i, 20_000));
+    }
+    drop(other);
+    // Unread data at close: the client's kernel resets the connection.
+    drop(writer);
+    shutdown.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !handle.is_finished() {
+        if Instant::now() > deadline {
+            shutdown.force();
+            panic!("the engine did not stop within 30 s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let report = handle.join().expect("engine thread").expect("engine run");
+    let counts = stats.snapshot().counts;
+    assert_eq!(counts.closed, 2, "{report:?}");
+    assert!(report.sends_zc > 0, "{report:?}");
+    assert_eq!(report.buffers_in_ring, report.buffers, "{report:?}");
+    assert_eq!(report.connections_abandoned, 0, "{report:?}");
+    assert_eq!(report.pool_bytes_leaked, 0, "{report:?}");
+    assert_eq!(admission.active(), 0);
+    eprintln!(
+        "never-reading writer with send_zc: wrote {} KiB; {} zero-copy sends, {} notifications; \
+         most buffers one connection held: {}",
+        written / 1024,
+        report.sends_zc,
+        report.zc_notifications,
+        report.peak_conn_buffers
+    );
+}
