@@ -185,16 +185,23 @@ pub struct Cli {
     /// (uring-multishot) Switch an optional io_uring feature on or off: NAME=on|off, repeatable
     ///
     /// NAME is one of the switchable features of the `features:` line (see README "Kernels"):
-    /// recv_budget. By default each is used where the kernel has it and it measurably helps;
-    /// `off` measures the engine without it (an A/B, or the fallback of an older kernel), `on`
-    /// insists on it: a kernel without it is refused at start with a one-line error.
+    /// recv_budget, no_sqarray, ring_fd (on by default where the kernel has them), send_zc,
+    /// bundle (off by default; bundle needs recv_budget). `off` measures the engine without it (an A/B, or the fallback of an
+    /// older kernel), `on` insists on it: a kernel without it is refused at start with a
+    /// one-line error.
     #[arg(long = "feature", value_name = "NAME=on|off", value_parser = parse_feature_switch)]
     pub features: Vec<FeatureSwitch>,
 }
 
 /// Optional io_uring features `--feature` can switch; the others of [`Feature`] are required by
 /// an engine or decided by other flags.
-pub const SWITCHABLE_FEATURES: [Feature; 1] = [Feature::RecvBudget];
+pub const SWITCHABLE_FEATURES: [Feature; 5] = [
+    Feature::RecvBudget,
+    Feature::NoSqarray,
+    Feature::RingFd,
+    Feature::SendZc,
+    Feature::Bundle,
+];
 
 /// One `--feature NAME=on|off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

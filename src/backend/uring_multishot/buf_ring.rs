@@ -21,6 +21,14 @@
 //!   both mappings: a pending receive could still write into a buffer, or a send read from it.
 //! - Recycled entries become visible to the kernel only at [`BufRing::publish`] (one release store
 //!   of the tail per event-loop iteration, not one per buffer).
+//! - **Bundles are taken in ring order** ([`BufRing::take_run`], `--feature bundle`). A bundled
+//!   receive's CQE names only its first buffer; the others are the descriptors that follow it in
+//!   the ring, as many as its bytes fill. The engine keeps its own copy of the kernel's ring head
+//!   and checks that the named buffer is the one at that head, that the run lies within what was
+//!   published, and that every buffer of it is in the ring (the bitset) before taking any: a
+//!   kernel that consumed buffers out of order (bundle bugs of that kind existed) is a refused
+//!   CQE, never a buffer handed out twice. The descriptors are only written by us and only read
+//!   by the kernel (no incremental consumption), so reading a buffer id back from one is safe.
 //!
 //! The pool is not pinned (the kernel copies into it like `recv(2)` would), so it does not count
 //! against `RLIMIT_MEMLOCK`; only the small descriptor ring is. Pages are touched lazily, so an idle
@@ -107,6 +115,9 @@ pub(crate) struct BufRing {
     kernel_may_use: bool,
     /// The buffer group it was registered as.
     bgid: u16,
+    /// Our copy of the kernel's ring head: the next descriptor a receive takes. Kept by
+    /// [`BufRing::take_run`] only (bundle mode takes every buffer through it).
+    head: u16,
 }
 
 /// Why [`BufRing::take`] refused a buffer id from a completion.
@@ -116,6 +127,11 @@ pub(super) enum TakeError {
     Unknown(u16),
     /// The engine already holds this buffer: the kernel cannot have picked it from the ring.
     NotInRing(u16),
+    /// A run's first buffer is not the one at the ring head (`expected`): the kernel consumed
+    /// the ring out of order.
+    OutOfOrder { expected: u16, got: u16 },
+    /// A run of this many buffers reaches past what was published to the kernel.
+    BeyondTail(u16),
 }
 
 impl BufRing {
@@ -153,6 +169,7 @@ impl BufRing {
             in_ring: 0,
             kernel_may_use: false,
             bgid: BGID,
+            head: 0,
         };
         for bid in 0..count {
             this.recycle(bid as u16);
@@ -265,6 +282,53 @@ impl BufRing {
         Ok(())
     }
 
+    /// Records that the kernel handed us the `n` buffers at the ring head, the first of which a
+    /// CQE named `first` (a bundled receive, module docs; `n` is 1 for a plain one). Checks the
+    /// whole run before taking any of it; on success returns the ring position of the first,
+    /// for [`BufRing::bid_at`].
+    pub(super) fn take_run(&mut self, first: u16, n: u16) -> Result<u16, TakeError> {
+        if first >= self.count {
+            return Err(TakeError::Unknown(first));
+        }
+        if n == 0 || self.published.wrapping_sub(self.head) < n {
+            return Err(TakeError::BeyondTail(n));
+        }
+        let start = self.head;
+        let expected = self.bid_at(start);
+        if expected != first {
+            return Err(TakeError::OutOfOrder {
+                expected,
+                got: first,
+            });
+        }
+        for i in 0..n {
+            let bid = self.bid_at(start.wrapping_add(i));
+            if bid >= self.count {
+                return Err(TakeError::Unknown(bid));
+            }
+            if !self.is_in_ring(bid) {
+                return Err(TakeError::NotInRing(bid));
+            }
+        }
+        for i in 0..n {
+            let bid = self.bid_at(start.wrapping_add(i));
+            let (word, mask) = Self::bit(bid);
+            self.in_ring_bits[word] &= !mask;
+        }
+        self.in_ring -= n as usize;
+        self.head = start.wrapping_add(n);
+        Ok(start)
+    }
+
+    /// The buffer id in the descriptor at ring position `pos` (taken modulo the ring size).
+    pub(super) fn bid_at(&self, pos: u16) -> u16 {
+        let slot = (pos & self.mask) as usize;
+        // SAFETY: slot <= mask, inside the ring mapping. Only `recycle` writes descriptors; the
+        // kernel only reads them (no incremental consumption), so this read races nothing that
+        // changes the value.
+        unsafe { (*self.ring.ptr.as_ptr().cast::<BufRingEntry>().add(slot)).bid() }
+    }
+
     /// Gives buffer `bid` back to the kernel (visible after the next [`BufRing::publish`]).
     ///
     /// # Panics
@@ -353,6 +417,59 @@ mod tests {
             0,
             "never registered: unmapped on drop"
         );
+    }
+
+    #[test]
+    fn take_run_follows_the_ring_order_and_checks_it() {
+        let mut ring = BufRing::new(4, 64).unwrap();
+        // The ring holds 0, 1, 2, 3 in that order.
+        assert_eq!(
+            ring.take_run(1, 1),
+            Err(TakeError::OutOfOrder {
+                expected: 0,
+                got: 1
+            })
+        );
+        assert_eq!(ring.take_run(0, 5), Err(TakeError::BeyondTail(5)));
+        assert_eq!(ring.in_ring(), 4, "a refused run takes nothing");
+        let start = ring.take_run(0, 3).unwrap();
+        assert_eq!(
+            (0..3).map(|i| ring.bid_at(start + i)).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(ring.in_ring(), 1);
+        // Back in another order: the ring now holds 3, 2, 0 (1 still held).
+        ring.recycle(2);
+        ring.recycle(0);
+        assert_eq!(
+            ring.take_run(3, 3),
+            Err(TakeError::BeyondTail(3)),
+            "not published yet"
+        );
+        ring.publish();
+        let start = ring.take_run(3, 3).unwrap();
+        assert_eq!(
+            (0..3).map(|i| ring.bid_at(start + i)).collect::<Vec<_>>(),
+            [3, 2, 0]
+        );
+        // Many wraps of the 4-slot ring, one and two buffers at a time.
+        ring.recycle(3);
+        ring.recycle(2);
+        ring.recycle(0);
+        ring.recycle(1);
+        ring.publish();
+        for round in 0..100u16 {
+            let n = 1 + round % 2;
+            let first = ring.bid_at(ring.head);
+            let start = ring.take_run(first, n).unwrap();
+            let bids: Vec<u16> = (0..n).map(|i| ring.bid_at(start + i)).collect();
+            for bid in bids {
+                assert_eq!(ring.take(bid), Err(TakeError::NotInRing(bid)));
+                ring.recycle(bid);
+            }
+            ring.publish();
+        }
+        assert_eq!(ring.in_ring(), 4);
     }
 
     #[test]

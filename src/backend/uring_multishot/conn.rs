@@ -52,6 +52,17 @@ pub(super) struct Conn {
     pub(super) dead: bool,
     /// `shutdown(2)` already called.
     pub(super) shut: bool,
+    /// The front buffer of `queue` was (partly) sent zero-copy: when it leaves the queue while
+    /// notifications are pending, it goes to `zc_held`, not back to the ring.
+    pub(super) front_zc: bool,
+    /// Zero-copy sends whose notification has not arrived (the kernel may still read the
+    /// buffers they sent from): +1 per completion with `F_MORE`, -1 per notification.
+    pub(super) zc_notifs: i32,
+    /// Buffers fully sent zero-copy, returned to the ring when `zc_notifs` drops to 0. Counted
+    /// with `queue` against the per-connection cap. Never allocated unless `send_zc` is on.
+    pub(super) zc_held: Vec<u16>,
+    /// The fd was closed (its `Close` completed); the slot waits for the last notification.
+    pub(super) closed: bool,
     /// The connection's place in `--max-connections`, released with the `Conn`.
     _admitted: Admitted,
 }
@@ -72,18 +83,29 @@ impl Conn {
             eof: false,
             dead: false,
             shut: false,
+            front_zc: false,
+            zc_notifs: 0,
+            zc_held: Vec::new(),
+            closed: false,
             _admitted: admitted,
         }
     }
 
-    /// Any op for this connection whose CQE is still to come.
+    /// Any op for this connection whose CQE is still to come, zero-copy notifications aside:
+    /// those do not need the fd, so the close may go before them (`ops`).
     pub(super) fn ops_in_flight(&self) -> bool {
         self.recv_armed || self.send_in_flight || self.cancel_pending || self.close_pending
     }
 
     /// An op in flight that may still write into a provided buffer (a recv picks one when data
-    /// arrives) or read from one (a send).
+    /// arrives) or read from one (a send, or a zero-copy send's data not yet notified).
     pub(super) fn touches_buffers(&self) -> bool {
-        self.recv_armed || self.send_in_flight
+        self.recv_armed || self.send_in_flight || self.zc_notifs != 0
+    }
+
+    /// Buffers this connection holds: queued for sending, or sent zero-copy and not notified.
+    #[inline]
+    pub(super) fn buffers(&self) -> usize {
+        self.queue.len() + self.zc_held.len()
     }
 }

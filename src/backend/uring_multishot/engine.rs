@@ -58,6 +58,8 @@ pub struct Report {
     /// docs); `false`: single-shot receives, from the start or after the kernel refused the
     /// budget.
     pub recv_budget: bool,
+    /// Every `io_uring_enter` went through the registered ring fd (`ring_fd` in use).
+    pub ring_fd: bool,
     /// Budgeted receives the kernel refused (EINVAL), each re-armed as a single-shot receive on
     /// its own connection.
     pub budget_refused: u64,
@@ -74,6 +76,13 @@ pub struct Report {
     pub completions: u64,
     /// Sends submitted.
     pub sends: u64,
+    /// Receive CQEs that brought several buffers at once (`bundle` in use).
+    pub recv_bundles: u64,
+    /// Of the sends, zero-copy ones (`send_zc` in use).
+    pub sends_zc: u64,
+    /// Zero-copy notifications received (each returned its connection's held buffers once its
+    /// count of pending ones reached zero).
+    pub zc_notifications: u64,
     /// Receives that ended with ENOBUFS (pool empty) and parked their connection.
     pub parks: u64,
 }
@@ -103,21 +112,24 @@ impl Engine {
     /// that names the cause and the `--runtime epoll` alternative.
     pub fn new(listener: TcpListener, params: Params) -> io::Result<Self> {
         params.validate()?;
-        let cq_entries = params.ring_entries.saturating_mul(4).clamp(64, 65536);
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_submit_all()
-            .setup_cqsize(cq_entries)
-            .build(params.ring_entries)
-            .map_err(|e| {
-                let flags = [
-                    Feature::SingleIssuer,
-                    Feature::DeferTaskrun,
-                    Feature::SubmitAll,
-                ];
-                io::Error::new(e.kind(), probe::explain_setup_error(&e, &flags))
-            })?;
+        // NO_SQARRAY is tried, not looked up: the probe runs only once a ring works (where
+        // io_uring is blocked, the setup error below is the one line to report). A kernel that
+        // refuses the flag (EINVAL) gets the ring without it, its fallback.
+        let (ring, sqarray_refused) = match build_ring(&params, params.no_sqarray) {
+            Err(e) if params.no_sqarray && e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!(error = %e, "IORING_SETUP_NO_SQARRAY refused; using the SQ array");
+                (build_ring(&params, false), true)
+            }
+            built => (built, false),
+        };
+        let ring = ring.map_err(|e| {
+            let flags = [
+                Feature::SingleIssuer,
+                Feature::DeferTaskrun,
+                Feature::SubmitAll,
+            ];
+            io::Error::new(e.kind(), probe::explain_setup_error(&e, &flags))
+        })?;
         let mut bufs = BufRing::new(params.buffers, params.buffer_size)?;
         bufs.register(&ring.submitter()).map_err(|e| {
             io::Error::new(
@@ -130,6 +142,9 @@ impl Engine {
             )
         })?;
         let mut features = probe::features();
+        if params.no_sqarray {
+            features.set(Feature::NoSqarray, !sqarray_refused);
+        }
         // Proven by the setup and the registration above, whatever the probe could find out.
         for feature in [
             Feature::SingleIssuer,
@@ -138,6 +153,18 @@ impl Engine {
             Feature::BufRing,
         ] {
             features.set(feature, true);
+        }
+        if params.ring_fd && features.has(Feature::RingFd) {
+            // The registration is per thread, and `run` (on this thread) registers again on the
+            // submitter it enters with: a trial here, so the `features:` line is true.
+            let mut submitter = ring.submitter();
+            let tried = submitter
+                .register_ring_fd()
+                .and_then(|()| submitter.unregister_ring_fd());
+            if let Err(e) = tried {
+                tracing::warn!(error = %e, "cannot register the ring fd; entering by its fd");
+                features.set(Feature::RingFd, false);
+            }
         }
         check_required(&params, &features)?;
         let usage = params.usage(&features);
@@ -185,8 +212,20 @@ impl Engine {
             refused_budget_fault: params.recv_budget == RecvBudget::ForceRefused,
             multishot_timeout: usage.uses(Feature::MultishotTimeout),
             min_wait: usage.uses(Feature::MinWait),
+            send_zc: usage.uses(Feature::SendZc),
+            bundle: usage.uses(Feature::Bundle),
         };
-        let (submitter, queue, mut cq) = ring.split();
+        let (mut submitter, queue, mut cq) = ring.split();
+        // Every `io_uring_enter` of the loop goes through this submitter, so the registered
+        // index lives here (see `new` for the trial that makes a failure here unexpected).
+        let ring_fd = usage.uses(Feature::RingFd)
+            && match submitter.register_ring_fd() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register the ring fd; entering by its fd");
+                    false
+                }
+            };
         let mut lp = Loop::new(
             Sq::new(submitter, queue),
             &mut bufs,
@@ -203,7 +242,7 @@ impl Engine {
         lp.sq.submit_all();
         let abandoned = lp.conns.len();
         let touching = lp.conns.iter().any(|(_, c)| c.touches_buffers());
-        let buffers_abandoned = lp.conns.iter().map(|(_, c)| c.queue.len()).sum();
+        let buffers_abandoned = lp.conns.iter().map(|(_, c)| c.buffers()).sum();
         let fds: Vec<RawFd> = lp
             .conns
             .iter()
@@ -217,6 +256,13 @@ impl Engine {
         if unregistered.is_ok() && !touching {
             // No buffer can be picked any more and no op holds one: the memory is ours again.
             lp.bufs.release();
+        }
+        if ring_fd {
+            // A registered ring fd holds a reference to the ring until the thread exits: drop it,
+            // so that closing the ring below really ends it (and cancels abandoned operations).
+            if let Err(e) = lp.sq.submitter.unregister_ring_fd() {
+                tracing::warn!(error = %e, "cannot unregister the ring fd");
+            }
         }
         let tally = lp.tally;
         let recv_budget = lp.modes.recv_budget;
@@ -239,6 +285,7 @@ impl Engine {
             connections_abandoned: abandoned,
             pool_bytes_leaked: bufs.bytes_to_leak(),
             recv_budget,
+            ring_fd,
             budget_refused: tally.budget_refused,
             recvs: tally.recvs,
             peak_conn_buffers: tally.peak_conn_buffers,
@@ -246,6 +293,9 @@ impl Engine {
             batched_waits: tally.batched_waits,
             completions: tally.completions,
             sends: tally.sends,
+            recv_bundles: tally.recv_bundles,
+            sends_zc: tally.sends_zc,
+            zc_notifications: tally.zc_notifications,
             parks: tally.parks,
         };
         drop(bufs); // unmaps, or leaks if the kernel may still use the memory
@@ -271,6 +321,22 @@ impl Engine {
         }
         result.map(|()| report)
     }
+}
+
+/// The engine's ring: `SINGLE_ISSUER | DEFER_TASKRUN | SUBMIT_ALL`, a CQ four times the SQ, and
+/// `NO_SQARRAY` if asked.
+fn build_ring(params: &Params, no_sqarray: bool) -> io::Result<IoUring> {
+    let cq_entries = params.ring_entries.saturating_mul(4).clamp(64, 65536);
+    let mut builder = IoUring::builder();
+    builder
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all()
+        .setup_cqsize(cq_entries);
+    if no_sqarray {
+        builder.setup_no_sqarray();
+    }
+    builder.build(params.ring_entries)
 }
 
 /// Refuses a kernel without a feature or an opcode the engine cannot run without.

@@ -68,6 +68,11 @@ pub(super) struct Tally {
     pub(super) parks: u64,
     pub(super) recvs: u64,
     pub(super) budget_refused: u64,
+    /// Receive CQEs that brought more than one buffer (bundles).
+    pub(super) recv_bundles: u64,
+    /// Of `sends`, zero-copy ones.
+    pub(super) sends_zc: u64,
+    pub(super) zc_notifications: u64,
 }
 
 /// How the loop does what the kernel offers in several ways, decided at start from the engine's
@@ -84,6 +89,11 @@ pub(super) struct Modes {
     pub(super) multishot_timeout: bool,
     /// `--batch-wait` waits with `min_wait` (Linux 6.12).
     pub(super) min_wait: bool,
+    /// Sends of [`ZC_MIN_SEND`](super::params::ZC_MIN_SEND) bytes or more are zero-copy.
+    pub(super) send_zc: bool,
+    /// Budgeted receives are bundled; every buffer is taken in ring order
+    /// ([`BufRing::take_run`]).
+    pub(super) bundle: bool,
 }
 
 /// One worker's event loop state, borrowed from its [`Engine`](super::Engine) for one run.
@@ -271,6 +281,7 @@ impl<'r, 'p> Loop<'r, 'p> {
             Op::Recv => self.on_recv(slot, res, flags, false),
             Op::RecvMulti => self.on_recv(slot, res, flags, true),
             Op::Send => self.on_send(slot, res),
+            Op::SendZc => self.on_send_zc(slot, res, flags),
             Op::RecvCancel => self.on_recv_cancelled(slot),
             Op::Close => self.on_close(slot),
         }

@@ -39,6 +39,38 @@
 //!
 //! Kernel features are probed by [`crate::probe`]; [`Params::usage`] decides which this engine
 //! uses, and the engine takes every decision from that [`Usage`](crate::probe::Usage).
+//!
+//! Optional features besides the receive budget (`ops`), each switchable with `--feature
+//! NAME=on|off` and taken only where the probe found it:
+//! - `no_sqarray` (on by default): the ring has no SQ index array; the kernel reads SQEs in ring
+//!   order, the only order [`sq`] fills them in anyway, so one indirection per submitted SQE
+//!   goes. The setup tries the flag rather than asking the probe first (the probe runs only
+//!   once a ring works, so that a blocked io_uring stays one error line); a kernel that refuses
+//!   it (EINVAL) gets the ring with the array, and the `features:` line lists it as missing.
+//! - `ring_fd` (on by default): the ring fd is registered for the worker thread and every
+//!   `io_uring_enter` passes the registered index, so the kernel skips the fd lookup and
+//!   reference count of each enter. The index belongs to the thread and to the one `Submitter`
+//!   the loop enters with, so `engine` registers it there (after a trial in `Engine::new`, so
+//!   the `features:` line tells the truth); it is unregistered before the ring is dropped,
+//!   since it holds a reference that would keep the ring, and operations abandoned in it, alive
+//!   until the thread exits.
+//! - `send_zc` (off by default): sends of at least [`ZC_MIN_SEND`] bytes are
+//!   `IORING_OP_SEND_ZC`. The completion says how much was sent; the kernel may read the buffer
+//!   until a second CQE, the notification, which the completion announces with `F_MORE`.
+//!   Invariant: a buffer a zero-copy send read from goes back to the ring only once its
+//!   connection has no notification pending (a per-connection count, which assumes nothing
+//!   about the order notifications come in); until then the connection holds it, and it counts
+//!   against the connection's buffer cap like a queued one, so the backpressure bound holds and
+//!   receiving pauses until the notifications come. The close may be submitted before them
+//!   (they need no fd; a peer that never reads must not pin the socket open); the slot is freed
+//!   by whichever comes last, the close's CQE or the last notification.
+//! - `bundle` (off by default; only with the budgeted receive): the multishot receive is
+//!   bundled, so one CQE may bring several provided buffers: the one it names and the ones
+//!   after it in the ring, all full but the last. `buf_ring` takes them in ring order and
+//!   checks the run against its copy of the ring head before taking any (kernels have had
+//!   bundle bugs that reordered buffers); a refused run fails the connection, never the echo.
+//!   The cap is checked after each CQE, so one bundle may take a connection past it by the
+//!   rest of its byte budget; the budget still bounds it.
 
 mod accept;
 mod batch;
@@ -53,7 +85,7 @@ pub(crate) mod sq;
 pub use accept::ACCEPT_DEPTH;
 pub use engine::{Engine, Report};
 pub use params::{
-    default_buffer_count, Params, RecvBudget, DEFAULT_MAX_QUEUED_BUFFERS, DEFAULT_TICK,
+    default_buffer_count, Params, RecvBudget, DEFAULT_MAX_QUEUED_BUFFERS, DEFAULT_TICK, ZC_MIN_SEND,
 };
 
 use super::Worker;
@@ -96,6 +128,22 @@ pub(crate) fn run_worker(worker: Worker) {
         }
     };
     let usage = engine.usage();
+    // An insisted feature the kernel has but this configuration cannot use (e.g. `bundle`
+    // without the receive budget) is refused too: the `features:` line would contradict it.
+    if let Some(switch) = shared
+        .config
+        .uring
+        .features
+        .iter()
+        .find(|s| s.on && !usage.uses(s.feature))
+    {
+        ready.fail(anyhow::anyhow!(
+            "--feature {}=on: the engine cannot use it with these flags on this kernel (see \
+             README \"Kernels\")",
+            switch.feature
+        ));
+        return;
+    }
     tracing::debug!(
         worker = index,
         buffers,

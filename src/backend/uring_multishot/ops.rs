@@ -28,6 +28,9 @@
 //!   budget when it runs it), that connection re-arms with single-shot receives, and so do
 //!   connections accepted later (logged once, counted in the report). Receives armed before the
 //!   first refusal each fall back on their own CQE; none fails its connection.
+//! - What a connection holds is its queue plus the buffers its zero-copy sends still wait on
+//!   (`Conn::buffers`; `send_zc` in the module docs of the engine): both count against the cap.
+//!   A bundled receive CQE (`bundle`) queues every buffer it filled, in ring order.
 //! - A recv that ends with `ENOBUFS` (pool empty) parks its connection; parked connections are
 //!   re-armed once buffers come back (at most one per free buffer per loop iteration).
 //! - A connection's fd is closed by an io_uring `Close` only after every other op for it has
@@ -37,13 +40,62 @@
 use io_uring::types::Fd;
 use io_uring::{cqueue, opcode, squeue};
 
-use super::buf_ring::BGID;
-use super::conn::Chunk;
+use super::buf_ring::{BufRing, TakeError, BGID};
+use super::conn::{Chunk, Conn};
 use super::event_loop::Loop;
+use super::params::ZC_MIN_SEND;
 use super::sq::{user_data, with_recv_budget, Op};
 use crate::policy::ErrorKind;
 
+/// The front buffer of `conn` left its queue (sent, or dropped): back to the ring, unless a
+/// zero-copy send read from it and the connection still waits for a notification; then it
+/// waits in `zc_held` for the last one (the kernel may still read it).
+fn release_front(conn: &mut Conn, bufs: &mut BufRing, bid: u16) {
+    if std::mem::take(&mut conn.front_zc) && conn.zc_notifs > 0 {
+        conn.zc_held.push(bid);
+    } else {
+        bufs.recycle(bid);
+    }
+}
+
+/// Buffer `i` of a run taken by [`Loop::take_buffers`]: with bundles the ring position `start`
+/// onwards, else the one buffer `first`.
+#[inline]
+fn run_bid(bufs: &BufRing, start: Option<u16>, first: u16, i: u16) -> u16 {
+    match start {
+        Some(start) => bufs.bid_at(start.wrapping_add(i)),
+        None => first,
+    }
+}
+
 impl Loop<'_, '_> {
+    /// How many provided buffers a receive of `res > 0` bytes filled: one, or with bundles all
+    /// it needed.
+    #[inline]
+    fn buffers_in(&self, res: i32) -> u16 {
+        if self.modes.bundle {
+            (res as usize).div_ceil(self.bufs.buf_size()).max(1) as u16
+        } else {
+            1
+        }
+    }
+
+    /// Takes the buffers a receive CQE names (see `buf_ring`): with bundles the run of `n` at
+    /// the ring head starting with `first` (its ring position is returned), else `first` alone.
+    #[inline]
+    fn take_buffers(&mut self, first: u16, n: u16) -> Result<Option<u16>, TakeError> {
+        if self.modes.bundle {
+            self.bufs.take_run(first, n).map(Some)
+        } else {
+            self.bufs.take(first).map(|()| None)
+        }
+    }
+
+    /// [`run_bid`] for a method that holds no other borrow.
+    fn run_bid(&self, start: Option<u16>, first: u16, i: u16) -> u16 {
+        run_bid(self.bufs, start, first, i)
+    }
+
     /// Arms the connection's receive: budgeted multishot or single-shot (module docs).
     pub(super) fn arm_recv(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -53,16 +105,26 @@ impl Loop<'_, '_> {
             let buffers = self
                 .params
                 .max_queued_buffers
-                .saturating_sub(conn.queue.len())
+                .saturating_sub(conn.buffers())
                 .max(1);
             let bytes = buffers
                 .saturating_mul(self.bufs.buf_size())
                 .min(u32::MAX as usize);
-            let mut recv = opcode::RecvMulti::new(Fd(conn.fd), BGID);
-            if self.modes.refused_budget_fault {
-                recv = recv.flags(libc::MSG_WAITALL);
-            }
-            let entry = recv.build().user_data(user_data(Op::RecvMulti, slot));
+            let flags = if self.modes.refused_budget_fault {
+                libc::MSG_WAITALL
+            } else {
+                0
+            };
+            let entry = if self.modes.bundle {
+                opcode::RecvMultiBundle::new(Fd(conn.fd), BGID)
+                    .flags(flags)
+                    .build()
+            } else {
+                opcode::RecvMulti::new(Fd(conn.fd), BGID)
+                    .flags(flags)
+                    .build()
+            };
+            let entry = entry.user_data(user_data(Op::RecvMulti, slot));
             with_recv_budget(entry, bytes as u32)
         } else {
             // The buffer size fits in u32 (`BufRing::new` checks it).
@@ -91,18 +153,29 @@ impl Loop<'_, '_> {
         debug_assert!(!conn.send_in_flight && conn.sent < chunk.len);
         // SAFETY (pointer arithmetic): sent < len <= buffer size, inside buffer `bid`.
         let ptr = unsafe { self.bufs.addr(chunk.bid).add(conn.sent as usize) };
-        let entry = opcode::Send::new(Fd(conn.fd), ptr, chunk.len - conn.sent)
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-            .build()
-            .user_data(user_data(Op::Send, slot));
+        let len = chunk.len - conn.sent;
+        let entry = if self.modes.send_zc && len >= ZC_MIN_SEND {
+            conn.front_zc = true;
+            self.tally.sends_zc += 1;
+            opcode::SendZc::new(Fd(conn.fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                .build()
+                .user_data(user_data(Op::SendZc, slot))
+        } else {
+            opcode::Send::new(Fd(conn.fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                .build()
+                .user_data(user_data(Op::Send, slot))
+        };
         conn.send_in_flight = true;
         self.tally.sends += 1;
         // More data waiting for this send's completion, or a close after it (EOF): the wait
         // must not sleep past it.
         self.batch.send_pushed(conn.queue.len() > 1 || conn.eof);
         // SAFETY: the buffer stays out of the ring until this send's CQE (the front chunk of a
-        // connection with a send in flight is never recycled), and the pool is never unmapped
-        // while a send may read it (buf_ring).
+        // connection with a send in flight is never recycled) and, for a zero-copy send, until
+        // its notification (`zc_held`); the pool is never unmapped while a send may read it
+        // (buf_ring).
         unsafe { self.sq.push(entry) };
     }
 
@@ -114,8 +187,14 @@ impl Loop<'_, '_> {
             // buffer still goes back to the ring rather than leak out of the pool.
             tracing::error!(slot, res, "recv CQE for a free slot");
             if let Some(bid) = cqueue::buffer_select(flags).filter(|_| res > 0) {
-                match self.bufs.take(bid) {
-                    Ok(()) => self.bufs.recycle(bid),
+                let n = self.buffers_in(res);
+                match self.take_buffers(bid, n) {
+                    Ok(start) => {
+                        for i in 0..n {
+                            let bid = self.run_bid(start, bid, i);
+                            self.bufs.recycle(bid);
+                        }
+                    }
                     Err(err) => tracing::error!(slot, ?err, "recv CQE names a bad buffer"),
                 }
             }
@@ -126,32 +205,50 @@ impl Loop<'_, '_> {
         }
         if res > 0 {
             self.batch.arrival();
+            // One buffer, or with bundles as many as the bytes fill (all full but the last).
+            let n = self.buffers_in(res);
             let taken = match cqueue::buffer_select(flags) {
-                Some(bid) => self.bufs.take(bid).map(|()| bid).map_err(Some),
+                Some(bid) => self
+                    .take_buffers(bid, n)
+                    .map(|start| (bid, start))
+                    .map_err(Some),
                 None => Err(None),
             };
-            let bid = match taken {
-                Ok(bid) => bid,
+            let (first, start) = match taken {
+                Ok(taken) => taken,
                 Err(err) => {
                     tracing::error!(slot, res, flags, ?err, "recv CQE without a valid buffer");
                     self.fail(slot, ErrorKind::Other);
                     return;
                 }
             };
+            if n > 1 {
+                self.tally.recv_bundles += 1;
+            }
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let buf_size = self.bufs.buf_size() as u32;
             if conn.dead {
-                self.bufs.recycle(bid);
+                for i in 0..n {
+                    let bid = run_bid(self.bufs, start, first, i);
+                    self.bufs.recycle(bid);
+                }
             } else {
-                conn.queue.push_back(Chunk {
-                    bid,
-                    len: res as u32,
-                });
+                let mut left = res as u32;
+                for i in 0..n {
+                    let bid = run_bid(self.bufs, start, first, i);
+                    let len = left.min(buf_size);
+                    left -= len;
+                    conn.queue.push_back(Chunk { bid, len });
+                }
                 conn.idle.progress();
                 if conn.send_in_flight {
                     // This chunk waits for that send's completion (see `batch`).
                     self.batch.follow_up();
                 }
-                self.tally.peak_conn_buffers = self.tally.peak_conn_buffers.max(conn.queue.len());
-                if conn.recv_armed && !conn.cancel_pending && conn.queue.len() >= cap {
+                self.tally.peak_conn_buffers = self.tally.peak_conn_buffers.max(conn.buffers());
+                if conn.recv_armed && !conn.cancel_pending && conn.buffers() >= cap {
                     // Only a multishot receive is still armed after a CQE.
                     let entry = opcode::AsyncCancel::new(user_data(Op::RecvMulti, slot))
                         .build()
@@ -229,20 +326,66 @@ impl Loop<'_, '_> {
             if conn.sent >= front.len {
                 conn.queue.pop_front();
                 conn.sent = 0;
-                self.bufs.recycle(front.bid);
+                release_front(conn, self.bufs, front.bid);
             }
         }
         if conn.dead {
             while let Some(chunk) = conn.queue.pop_front() {
-                self.bufs.recycle(chunk.bid);
+                release_front(conn, self.bufs, chunk.bid);
             }
             conn.sent = 0;
         }
         self.settle(slot);
     }
 
+    /// A zero-copy send's CQE: its completion (handled like a copied send's, counting the
+    /// notification `F_MORE` announces), or that notification, after which the kernel no longer
+    /// reads the buffers the connection's zero-copy sends used.
+    pub(super) fn on_send_zc(&mut self, slot: usize, res: i32, flags: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            tracing::error!(slot, res, flags, "zero-copy send CQE for a free slot");
+            return;
+        };
+        if !cqueue::notif(flags) {
+            if cqueue::more(flags) {
+                conn.zc_notifs += 1;
+            }
+            self.on_send(slot, res);
+            return;
+        }
+        self.tally.zc_notifications += 1;
+        // Counted down even before its completion counted it up (not expected, but then the
+        // completion brings the count back to 0 and releases nothing it should not).
+        conn.zc_notifs -= 1;
+        if conn.zc_notifs != 0 {
+            return;
+        }
+        // No zero-copy send of this connection is still read by the kernel.
+        for bid in conn.zc_held.drain(..) {
+            self.bufs.recycle(bid);
+        }
+        if conn.closed {
+            self.remove_closed(slot);
+        } else {
+            self.settle(slot);
+        }
+    }
+
     pub(super) fn on_close(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.closed = true;
+        if conn.zc_notifs == 0 {
+            self.remove_closed(slot);
+        }
+        // Otherwise the last notification frees the slot (its CQE names it).
+    }
+
+    /// Frees a closed connection's slot: its fd is closed and no CQE can name it any more.
+    fn remove_closed(&mut self, slot: usize) {
         if let Some(mut conn) = self.conns.try_remove(slot) {
+            debug_assert!(conn.zc_notifs == 0 && conn.zc_held.is_empty());
             while let Some(chunk) = conn.queue.pop_front() {
                 self.bufs.recycle(chunk.bid);
             }
@@ -291,7 +434,11 @@ impl Loop<'_, '_> {
         let keep = usize::from(conn.send_in_flight);
         while conn.queue.len() > keep {
             if let Some(chunk) = conn.queue.pop_back() {
-                self.bufs.recycle(chunk.bid);
+                if conn.queue.is_empty() {
+                    release_front(conn, self.bufs, chunk.bid);
+                } else {
+                    self.bufs.recycle(chunk.bid);
+                }
             }
         }
         self.settle(slot);
@@ -314,8 +461,9 @@ impl Loop<'_, '_> {
                     .build()
                     .user_data(user_data(Op::Close, slot));
                 conn.close_pending = true;
-                // SAFETY: no pointers; no other op for this fd is in flight and the fd is not
-                // used again (the slot is freed by this op's CQE).
+                // SAFETY: no pointers; no other op for this fd is in flight (zero-copy
+                // notifications need no fd) and the fd is not used again (the slot is freed by
+                // this op's CQE, or by the last notification after it).
                 unsafe { self.sq.push(entry) };
             }
             return;
@@ -328,10 +476,11 @@ impl Loop<'_, '_> {
         };
         // A budgeted receive re-arms at half the cap (it may fill the rest); a single-shot one
         // takes one buffer, so it re-arms while the queue is below the cap.
+        let held = conn.buffers();
         let room = if conn.budget {
-            conn.queue.len() <= resume_at
+            held <= resume_at
         } else {
-            conn.queue.len() < cap
+            held < cap
         };
         if !conn.eof && !conn.recv_armed && !conn.parked && !conn.cancel_pending && room {
             self.arm_recv(slot);

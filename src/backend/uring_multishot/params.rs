@@ -61,7 +61,24 @@ pub struct Params {
     /// budget off; the other values are test knobs).
     #[doc(hidden)]
     pub recv_budget: RecvBudget,
+    /// Set the ring up without the SQ index array (`IORING_SETUP_NO_SQARRAY`) where the kernel
+    /// has it (default on; `--feature no_sqarray=off`).
+    pub no_sqarray: bool,
+    /// Register the ring fd and enter the kernel through it (`IORING_REGISTER_RING_FDS`) where
+    /// the kernel has it (default on; `--feature ring_fd=off`).
+    pub ring_fd: bool,
+    /// Send [`ZC_MIN_SEND`] bytes or more with `IORING_OP_SEND_ZC` where the kernel has it
+    /// (default off; `--feature send_zc=on`).
+    pub send_zc: bool,
+    /// Bundled budgeted multishot receives (`IORING_RECVSEND_BUNDLE`: one CQE for several
+    /// provided buffers) where the kernel has bundles and the receive budget is in use (default
+    /// off; `--feature bundle=on`).
+    pub bundle: bool,
 }
+
+/// The smallest send `--feature send_zc=on` sends zero-copy: below it, pinning the pages and the
+/// extra notification completion cost more than the copy they save.
+pub const ZC_MIN_SEND: u32 = 16 * 1024;
 
 /// Which receive the engine arms (see the `ops` module docs): the budgeted multishot receive, or
 /// single-shot receives of one provided buffer each. A developer and test knob: the server arms
@@ -110,6 +127,10 @@ impl Params {
             batch_wait: BatchPolicy::Adaptive,
             drain_grace: DRAIN_GRACE,
             recv_budget: RecvBudget::Probe,
+            no_sqarray: true,
+            ring_fd: true,
+            send_zc: false,
+            bundle: false,
         }
     }
 
@@ -124,6 +145,11 @@ impl Params {
         if config.uring.switch(Feature::RecvBudget) == Some(false) {
             p.recv_budget = RecvBudget::Off;
         }
+        let switch = |feature, default| config.uring.switch(feature).unwrap_or(default);
+        p.no_sqarray = switch(Feature::NoSqarray, p.no_sqarray);
+        p.ring_fd = switch(Feature::RingFd, p.ring_fd);
+        p.send_zc = switch(Feature::SendZc, p.send_zc);
+        p.bundle = switch(Feature::Bundle, p.bundle);
         p
     }
 
@@ -132,7 +158,10 @@ impl Params {
     ///
     /// Fallbacks (README "Kernels"): without the receive budget, single-shot receives of one
     /// buffer each; without multishot timeouts, timeouts re-armed one by one; without
-    /// `min_wait`, `--batch-wait` waits with a plain timeout. The required features have none.
+    /// `min_wait`, `--batch-wait` waits with a plain timeout; without `no_sqarray`, the ring keeps
+    /// its SQ index array; without `ring_fd`, `io_uring_enter` takes the ring's fd; without
+    /// `send_zc`, every send copies; without `bundle` (or without the budget), one buffer per
+    /// receive CQE. The required features have none.
     pub fn usage(&self, features: &Features) -> Usage {
         let mut u = Usage::new();
         for feature in REQUIRED {
@@ -151,15 +180,14 @@ impl Params {
         );
         u.decide(Feature::RecvMultishot, budget, features);
         u.decide(Feature::MultishotTimeout, true, features);
+        u.decide(Feature::NoSqarray, self.no_sqarray, features);
+        u.decide(Feature::RingFd, self.ring_fd, features);
+        u.decide(Feature::SendZc, self.send_zc, features);
+        // Bundles only for the budgeted receive, whose byte budget bounds what one bundle
+        // takes; the single-shot fallback receives one buffer at a time by design.
+        u.decide(Feature::Bundle, self.bundle && budget, features);
         // Not used by this engine yet: listed as off where the kernel has them.
-        for feature in [
-            Feature::NoSqarray,
-            Feature::Bundle,
-            Feature::RegRegRing,
-            Feature::RingFd,
-            Feature::BufRingInc,
-            Feature::SendZc,
-        ] {
+        for feature in [Feature::RegRegRing, Feature::BufRingInc] {
             u.decide(feature, false, features);
         }
         u
@@ -239,6 +267,7 @@ mod tests {
             Feature::BufRing,
             Feature::RecvMultishot,
             Feature::SendZc,
+            Feature::RingFd,
         ];
         let old = kernel(&base);
         let u = Params::new(4096).usage(&old);
@@ -248,13 +277,16 @@ mod tests {
         assert_eq!(
             u.missing(),
             [
+                Feature::NoSqarray,
                 Feature::MinWait,
                 Feature::RecvBudget,
                 Feature::MultishotTimeout
             ]
         );
+        // Zero-copy sends are off unless switched on.
         assert_eq!(u.off(), [Feature::RecvMultishot, Feature::SendZc]);
         assert!(u.in_use().contains(&Feature::ExtArg));
+        assert!(u.in_use().contains(&Feature::RingFd));
         let mut off = Params::new(4096);
         off.batch_wait = BatchPolicy::Off;
         let u = off.usage(&old);
@@ -264,7 +296,11 @@ mod tests {
         );
         assert_eq!(
             u.missing(),
-            [Feature::RecvBudget, Feature::MultishotTimeout]
+            [
+                Feature::NoSqarray,
+                Feature::RecvBudget,
+                Feature::MultishotTimeout
+            ]
         );
 
         let mut new = kernel(&base);
@@ -273,6 +309,7 @@ mod tests {
             Feature::MultishotTimeout,
             Feature::MinWait,
             Feature::Bundle,
+            Feature::NoSqarray,
         ] {
             new.set(f, true);
         }
@@ -282,6 +319,20 @@ mod tests {
         assert!(u.missing().is_empty());
         assert_eq!(u.off(), [Feature::Bundle, Feature::SendZc]);
         assert!(u.uses(Feature::MinWait) && u.uses(Feature::ExtArg));
+        assert!(u.uses(Feature::NoSqarray) && u.uses(Feature::RingFd));
+        // Each optional feature follows its switch.
+        let mut switched = Params::new(4096);
+        switched.no_sqarray = false;
+        switched.ring_fd = false;
+        switched.send_zc = true;
+        switched.bundle = true;
+        let u = switched.usage(&new);
+        assert!(u.off().contains(&Feature::NoSqarray) && u.off().contains(&Feature::RingFd));
+        assert!(u.uses(Feature::SendZc) && u.uses(Feature::Bundle));
+        // Bundles need the budgeted receive.
+        switched.recv_budget = RecvBudget::Off;
+        assert!(switched.usage(&new).off().contains(&Feature::Bundle));
+        assert!(!switched.usage(&old).uses(Feature::Bundle));
         p.recv_budget = RecvBudget::Off;
         p.batch_wait = BatchPolicy::Fixed(crate::config::BatchWait {
             min_completions: 8,

@@ -35,6 +35,9 @@ pub(super) enum Op {
     /// A multishot receive with a byte budget: its own op, so that a refusal of the budget is
     /// told apart from any other receive error (see `ops`).
     RecvMulti = 10,
+    /// A zero-copy send (`--feature send_zc`): its completion, then (with `F_MORE` on it) a
+    /// notification once the kernel no longer reads the buffer.
+    SendZc = 11,
 }
 
 const OP_SHIFT: u32 = 56;
@@ -58,6 +61,7 @@ pub(super) fn decode(ud: u64) -> Option<(Op, usize)> {
         8 => Op::AcceptRetry,
         9 => Op::IdleSweep,
         10 => Op::RecvMulti,
+        11 => Op::SendZc,
         _ => return None,
     };
     Some((op, slot))
@@ -171,6 +175,7 @@ mod tests {
             Op::AcceptRetry,
             Op::IdleSweep,
             Op::RecvMulti,
+            Op::SendZc,
         ] {
             for slot in [0, 1, 77, u32::MAX as usize] {
                 assert_eq!(decode(user_data(op, slot)), Some((op, slot)));

@@ -1,0 +1,456 @@
+//! The uring-multishot engine's optional io_uring features (`no_sqarray`, `ring_fd`,
+//! `send_zc`), each switched on and off: every byte comes back in order under several
+//! connections, message sizes from 1 byte to beyond the zero-copy threshold and pipelined
+//! writes; the `features:` line lists the feature as switched; and, through the library engine,
+//! that the feature really ran (the exit report) and every provided buffer came back.
+//!
+//! A feature the probe does not find on this kernel is skipped with the reason printed (its
+//! `on` is refused at start: `tests/kernel.rs`); its `off` is the path every other test runs on
+//! such a kernel.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as SockShutdown, SocketAddr, TcpListener};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::{fill_pattern, TestServer, ERROR_COUNTERS, IO_TIMEOUT};
+use uring_echo::backend::uring_multishot::{Engine, Params, Report, ZC_MIN_SEND};
+use uring_echo::policy::Admission;
+use uring_echo::probe::{self, Feature};
+use uring_echo::stats::{Counts, Stats};
+use uring_echo::Shutdown;
+
+/// Message sizes of the load: tiny, one buffer, around the zero-copy threshold, several
+/// buffers.
+const SIZES: [usize; 7] = [
+    1,
+    100,
+    4096,
+    ZC_MIN_SEND as usize - 1,
+    ZC_MIN_SEND as usize,
+    ZC_MIN_SEND as usize + 1,
+    100_000,
+];
+const CONNECTIONS: u64 = 6;
+/// Pipelined rounds per connection: every message of [`SIZES`] written back to back.
+const PIPELINED_ROUNDS: usize = 8;
+
+/// Whether the kernel has `feature`; prints why the test is skipped when not.
+fn available(feature: Feature) -> bool {
+    let has = probe::features().has(feature);
+    if !has {
+        eprintln!(
+            "SKIPPED: this kernel has no {feature} (upstream since Linux {}); `--feature \
+             {feature}=on` is refused at start (tests/kernel.rs)",
+            feature.since()
+        );
+    }
+    has
+}
+
+/// One connection's load: ping-pong of every size (each echo checked before the next write),
+/// then pipelined writes of every size from a writer thread while this thread reads, then EOF.
+/// Returns the bytes echoed.
+fn one_connection(addr: SocketAddr, seed: u64) -> u64 {
+    let mut s = common::connect(addr);
+    let mut total = 0u64;
+    for (i, &size) in SIZES.iter().enumerate() {
+        let mut data = vec![0; size];
+        fill_pattern(seed, i as u64 * 1_000_003, &mut data);
+        common::echo_once(&mut s, &data);
+        total += size as u64;
+    }
+    let stream_len: u64 = (SIZES.iter().sum::<usize>() * PIPELINED_ROUNDS) as u64;
+    let mut writer = s.try_clone().unwrap();
+    let stream_seed = seed ^ 0xA5A5;
+    let w = thread::spawn(move || {
+        let mut off = 0u64;
+        for _ in 0..PIPELINED_ROUNDS {
+            for &size in &SIZES {
+                let mut msg = vec![0; size];
+                fill_pattern(stream_seed, off, &mut msg);
+                writer.write_all(&msg).expect("pipelined write");
+                off += size as u64;
+            }
+        }
+        writer.shutdown(SockShutdown::Write).unwrap();
+    });
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut want = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).expect("read the pipelined echo");
+        if n == 0 {
+            break;
+        }
+        fill_pattern(stream_seed, got, &mut want[..n]);
+        assert!(
+            buf[..n] == want[..n],
+            "connection {seed}: echo differs in bytes {got}..{}",
+            got + n as u64
+        );
+        got += n as u64;
+        assert!(got <= stream_len, "connection {seed}: more bytes than sent");
+    }
+    w.join().expect("writer thread");
+    assert_eq!(got, stream_len, "connection {seed}: echo cut short");
+    total + stream_len
+}
+
+/// [`one_connection`] on [`CONNECTIONS`] connections at once; returns the bytes echoed.
+fn load(addr: SocketAddr) -> u64 {
+    let clients: Vec<JoinHandle<u64>> = (0..CONNECTIONS)
+        .map(|i| thread::spawn(move || one_connection(addr, 1000 + i)))
+        .collect();
+    clients.into_iter().map(|c| c.join().expect("client")).sum()
+}
+
+/// A `features:` list as names (`-` is empty).
+fn list<'a>(line: &'a HashMap<String, String>, key: &str) -> Vec<&'a str> {
+    match line.get(key).map(String::as_str) {
+        None => panic!("no {key} in {line:?}"),
+        Some("-") => Vec::new(),
+        Some(v) => v.split(',').collect(),
+    }
+}
+
+/// The real binary with `--feature NAME=on|off`: the load echoes byte-exact, nothing fails,
+/// and the `features:` line lists the feature in `in_use` or `off` as switched.
+fn binary_echoes_with(feature: Feature, on: bool) {
+    let switch = format!("{}={}", feature.name(), if on { "on" } else { "off" });
+    let server = TestServer::spawn(&[
+        "--runtime",
+        "uring-multishot",
+        "--listen",
+        "127.0.0.1:0",
+        "--feature",
+        &switch,
+    ]);
+    let echoed = load(server.loopback());
+    let exited = server.stop();
+    let line = exited.features();
+    let (listed, not_listed) = if on {
+        ("in_use", "off")
+    } else {
+        ("off", "in_use")
+    };
+    assert!(
+        list(&line, listed).contains(&feature.name()),
+        "{switch}: {line:?}"
+    );
+    assert!(
+        !list(&line, not_listed).contains(&feature.name()),
+        "{switch}: {line:?}"
+    );
+    assert_eq!(exited.count("bytes_echoed"), echoed, "{switch}");
+    assert_eq!(exited.count("closed"), CONNECTIONS, "{switch}");
+    exited.assert_zero(&ERROR_COUNTERS);
+}
+
+fn feature_on_and_off_through_the_binary(feature: Feature) {
+    if available(feature) {
+        binary_echoes_with(feature, true);
+        binary_echoes_with(feature, false);
+    }
+}
+
+#[test]
+fn no_sqarray_on_and_off() {
+    feature_on_and_off_through_the_binary(Feature::NoSqarray);
+}
+
+#[test]
+fn ring_fd_on_and_off() {
+    feature_on_and_off_through_the_binary(Feature::RingFd);
+}
+
+#[test]
+fn send_zc_on_and_off() {
+    feature_on_and_off_through_the_binary(Feature::SendZc);
+}
+
+/// By default, `no_sqarray` and `ring_fd` are used where the kernel has them, `send_zc` is not.
+#[test]
+fn defaults_on_this_kernel() {
+    let server = TestServer::spawn(&["--runtime", "uring-multishot", "--listen", "127.0.0.1:0"]);
+    common::echo_once(&mut server.connect(), b"defaults");
+    let exited = server.stop();
+    let line = exited.features();
+    let features = probe::features();
+    for (feature, default_on) in [
+        (Feature::NoSqarray, true),
+        (Feature::RingFd, true),
+        (Feature::SendZc, false),
+    ] {
+        let key = match (features.has(feature), default_on) {
+            (true, true) => "in_use",
+            (true, false) => "off",
+            (false, true) => "missing",
+            (false, false) => {
+                assert!(!line
+                    .values()
+                    .any(|v| v.split(',').any(|f| f == feature.name())));
+                continue;
+            }
+        };
+        assert!(
+            list(&line, key).contains(&feature.name()),
+            "{feature}: {line:?}"
+        );
+    }
+}
+
+// ---- through the library: the exit report says what ran --------------------------------------
+
+/// Runs an engine with `params` on its own thread, puts [`load`] through it, stops it; returns
+/// its report, its counts and the bytes the clients got back.
+fn run_engine(params: Params) -> (Report, Counts, u64) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = std::sync::Arc::new(Stats::new(1));
+    let shutdown = Shutdown::new();
+    let admission = Admission::new(None);
+    let (tx, rx) = mpsc::channel();
+    let handle = {
+        let (stats, shutdown, admission) = (stats.clone(), shutdown.clone(), admission.clone());
+        thread::spawn(move || -> io::Result<Report> {
+            let engine = Engine::new(listener, params);
+            tx.send(engine.as_ref().map(|_| ()).map_err(|e| e.to_string()))
+                .unwrap();
+            engine?.run(stats.worker(0), &admission, &shutdown)
+        })
+    };
+    rx.recv_timeout(IO_TIMEOUT)
+        .expect("engine setup timed out")
+        .expect("engine setup failed");
+    let echoed = load(addr);
+    shutdown.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !handle.is_finished() {
+        if Instant::now() > deadline {
+            shutdown.force();
+            panic!("the engine did not stop within 30 s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let report = handle.join().expect("engine thread").expect("engine run");
+    assert_eq!(admission.active(), 0);
+    (report, stats.snapshot().counts, echoed)
+}
+
+fn params() -> Params {
+    let mut p = Params::new(16 * 1024);
+    p.drain_timeout = Duration::from_secs(2);
+    p.tick = Duration::from_millis(20);
+    p
+}
+
+fn assert_clean(report: &Report, counts: &Counts, echoed: u64) {
+    assert_eq!(counts.bytes_echoed, echoed, "{report:?}");
+    assert_eq!(counts.closed, CONNECTIONS, "{report:?}");
+    assert_eq!(
+        (counts.errors_reset, counts.errors_pipe, counts.errors_other),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.buffers_in_ring, report.buffers, "{report:?}");
+    assert_eq!(report.connections_abandoned, 0, "{report:?}");
+    assert_eq!(report.pool_bytes_leaked, 0, "{report:?}");
+}
+
+#[test]
+fn ring_fd_is_entered_through_when_on() {
+    let mut p = params();
+    p.ring_fd = true;
+    let (report, counts, echoed) = run_engine(p.clone());
+    assert_clean(&report, &counts, echoed);
+    assert_eq!(report.ring_fd, probe::features().has(Feature::RingFd));
+    p.ring_fd = false;
+    let (report, counts, echoed) = run_engine(p);
+    assert_clean(&report, &counts, echoed);
+    assert!(!report.ring_fd);
+}
+
+/// Zero-copy sends run (every send of at least the threshold), every announced notification
+/// arrives, and each buffer they held returns to the ring; with the feature off none runs.
+/// The small pool and cap make connections hold buffers for notifications often.
+#[test]
+fn send_zc_sends_large_buffers_zero_copy_and_returns_them() {
+    if !available(Feature::SendZc) {
+        return;
+    }
+    for (buffers, cap) in [(1024, 4), (16, 2)] {
+        let mut p = params();
+        p.buffers = buffers;
+        p.max_queued_buffers = cap;
+        p.send_zc = true;
+        let (report, counts, echoed) = run_engine(p.clone());
+        assert_clean(&report, &counts, echoed);
+        assert!(report.sends_zc > 0, "{report:?}");
+        assert!(
+            report.sends_zc < report.sends,
+            "small ones are copied: {report:?}"
+        );
+        assert!(
+            report.zc_notifications > 0 && report.zc_notifications <= report.sends_zc,
+            "{report:?}"
+        );
+        eprintln!(
+            "send_zc, {buffers} buffers, cap {cap}: {} of {} sends zero-copy, {} notifications, \
+             most buffers one connection held: {}",
+            report.sends_zc, report.sends, report.zc_notifications, report.peak_conn_buffers
+        );
+        p.send_zc = false;
+        let (report, counts, echoed) = run_engine(p);
+        assert_clean(&report, &counts, echoed);
+        assert_eq!((report.sends_zc, report.zc_notifications), (0, 0));
+        eprintln!(
+            "copied sends, {buffers} buffers, cap {cap}: most buffers one connection held: {}",
+            report.peak_conn_buffers
+        );
+    }
+}
+
+/// Bundled receives (they need the receive budget): byte-exact echo on and off through the
+/// binary.
+#[test]
+fn bundle_on_and_off() {
+    if available(Feature::Bundle) && available(Feature::RecvBudget) {
+        binary_echoes_with(Feature::Bundle, true);
+        binary_echoes_with(Feature::Bundle, false);
+    }
+}
+
+/// Bundles really happen under the pipelined load (CQEs with several buffers), every byte comes
+/// back in order (checked by the clients), and every buffer returns to the ring, with a roomy
+/// pool and with a small one that runs dry; off, no CQE brings more than one buffer.
+#[test]
+fn bundle_takes_runs_of_buffers_in_ring_order() {
+    if !(available(Feature::Bundle) && available(Feature::RecvBudget)) {
+        return;
+    }
+    for (buffers, cap, buffer_size) in [(1024, 4, 16 * 1024), (16, 4, 4096), (64, 8, 1024)] {
+        let mut p = params();
+        p.buffer_size = buffer_size;
+        p.buffers = buffers;
+        p.max_queued_buffers = cap;
+        p.bundle = true;
+        let (report, counts, echoed) = run_engine(p.clone());
+        assert_clean(&report, &counts, echoed);
+        assert!(report.recv_budget, "{report:?}");
+        assert!(report.recv_bundles > 0, "{report:?}");
+        eprintln!(
+            "bundle, {buffers} × {buffer_size} B, cap {cap}: {} receive SQEs, {} CQEs with \
+             several buffers, most buffers one connection held: {}",
+            report.recvs, report.recv_bundles, report.peak_conn_buffers
+        );
+        p.bundle = false;
+        let (report, counts, echoed) = run_engine(p);
+        assert_clean(&report, &counts, echoed);
+        assert_eq!(report.recv_bundles, 0);
+    }
+}
+
+/// `bundle=on` without the receive budget cannot be honoured: refused at start in one line.
+#[test]
+fn bundle_on_without_the_budget_is_refused() {
+    let exited = common::run_to_exit(
+        &[
+            "--runtime",
+            "uring-multishot",
+            "--listen",
+            "127.0.0.1:0",
+            "--feature",
+            "bundle=on",
+            "--feature",
+            "recv_budget=off",
+        ],
+        &[],
+    );
+    common::assert_one_line_error(&exited, 1, &["--feature bundle=on"]);
+}
+
+/// A client that writes and never reads, then goes away with the echo unread (a reset): with
+/// zero-copy sends its connection holds buffers the kernel may still read, and is closed while
+/// notifications may be pending. The engine still ends with every buffer back in the ring and
+/// nothing abandoned, and another client is served meanwhile.
+#[test]
+fn send_zc_never_reading_writer_then_reset() {
+    if !available(Feature::SendZc) {
+        return;
+    }
+    let mut p = params();
+    p.send_zc = true;
+    p.buffers = 64;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = std::sync::Arc::new(Stats::new(1));
+    let shutdown = Shutdown::new();
+    let admission = Admission::new(None);
+    let handle = {
+        let (stats, shutdown, admission) = (stats.clone(), shutdown.clone(), admission.clone());
+        thread::spawn(move || -> io::Result<Report> {
+            Engine::new(listener, p)?.run(stats.worker(0), &admission, &shutdown)
+        })
+    };
+    // The writer: 64 KiB writes until a write blocks for a whole second (the server stopped
+    // reading it: its echo is stuck and its queue at the cap), at most 64 MiB.
+    let mut writer = common::connect(addr);
+    writer
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let chunk = common::pattern(77, 64 * 1024);
+    let mut written = 0usize;
+    while written < 64 << 20 {
+        match writer.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("writer: {e}"),
+        }
+    }
+    assert!(written < 64 << 20, "the server never held the writer back");
+    // Another client is served beside it.
+    let mut other = common::connect(addr);
+    for i in 0..20u64 {
+        common::echo_once(&mut other, &common::pattern(i, 20_000));
+    }
+    drop(other);
+    // Unread data at close: the client's kernel resets the connection.
+    drop(writer);
+    shutdown.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !handle.is_finished() {
+        if Instant::now() > deadline {
+            shutdown.force();
+            panic!("the engine did not stop within 30 s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let report = handle.join().expect("engine thread").expect("engine run");
+    let counts = stats.snapshot().counts;
+    assert_eq!(counts.closed, 2, "{report:?}");
+    assert!(report.sends_zc > 0, "{report:?}");
+    assert_eq!(report.buffers_in_ring, report.buffers, "{report:?}");
+    assert_eq!(report.connections_abandoned, 0, "{report:?}");
+    assert_eq!(report.pool_bytes_leaked, 0, "{report:?}");
+    assert_eq!(admission.active(), 0);
+    eprintln!(
+        "never-reading writer with send_zc: wrote {} KiB; {} zero-copy sends, {} notifications; \
+         most buffers one connection held: {}",
+        written / 1024,
+        report.sends_zc,
+        report.zc_notifications,
+        report.peak_conn_buffers
+    );
+}
