@@ -29,8 +29,11 @@ use std::time::Duration;
 
 use crate::config::{BatchPolicy, BatchWait};
 
-/// Longest extra wait of the adaptive policy's busy mode, per loop iteration.
-pub(super) const ADAPTIVE_MIN_WAIT: Duration = Duration::from_micros(50);
+/// Longest extra wait of the adaptive policy's busy mode, per loop iteration. It is latency
+/// added to the first completion of a wait whenever fewer than `want` arrive in time, so it is
+/// kept at what a moderately loaded server can afford (open loop at half of saturation: a
+/// longer bound moved the median by its own length; bench/README.md).
+pub(super) const ADAPTIVE_MIN_WAIT: Duration = Duration::from_micros(20);
 /// Arrivals per iteration (moving average) from which the adaptive policy batches.
 const BUSY_ARRIVALS: u32 = 4;
 /// Most completions one adaptive wait waits for beyond the inline sends.
