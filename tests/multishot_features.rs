@@ -228,6 +228,14 @@ fn run_engine(params: Params) -> (Report, Counts, u64) {
         .expect("engine setup timed out")
         .expect("engine setup failed");
     let echoed = load(addr);
+    let report = stop_engine(&shutdown, handle);
+    assert_eq!(admission.active(), 0);
+    (report, stats.snapshot().counts, echoed)
+}
+
+/// Stops the engine thread the way a signal would (drain, then force after 30 s) and returns
+/// its exit report.
+fn stop_engine(shutdown: &Shutdown, handle: JoinHandle<io::Result<Report>>) -> Report {
     shutdown.stop();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !handle.is_finished() {
@@ -237,9 +245,7 @@ fn run_engine(params: Params) -> (Report, Counts, u64) {
         }
         thread::sleep(Duration::from_millis(10));
     }
-    let report = handle.join().expect("engine thread").expect("engine run");
-    assert_eq!(admission.active(), 0);
-    (report, stats.snapshot().counts, echoed)
+    handle.join().expect("engine thread").expect("engine run")
 }
 
 fn params() -> Params {
@@ -428,16 +434,7 @@ fn send_zc_never_reading_writer_then_reset() {
     drop(other);
     // Unread data at close: the client's kernel resets the connection.
     drop(writer);
-    shutdown.stop();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !handle.is_finished() {
-        if Instant::now() > deadline {
-            shutdown.force();
-            panic!("the engine did not stop within 30 s");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let report = handle.join().expect("engine thread").expect("engine run");
+    let report = stop_engine(&shutdown, handle);
     let counts = stats.snapshot().counts;
     assert_eq!(counts.closed, 2, "{report:?}");
     assert!(report.sends_zc > 0, "{report:?}");
