@@ -186,7 +186,8 @@ pub struct Cli {
     ///
     /// NAME is one of the switchable features of the `features:` line (see README "Kernels"):
     /// recv_budget, no_sqarray, ring_fd (on by default where the kernel has them), send_zc,
-    /// bundle (off by default; bundle needs recv_budget). `off` measures the engine without it (an A/B, or the fallback of an
+    /// bundle, buf_ring_inc (off by default; bundle needs recv_budget, and buf_ring_inc wins
+    /// over bundle). `off` measures the engine without it (an A/B, or the fallback of an
     /// older kernel), `on` insists on it: a kernel without it is refused at start with a
     /// one-line error.
     #[arg(long = "feature", value_name = "NAME=on|off", value_parser = parse_feature_switch)]
@@ -195,12 +196,13 @@ pub struct Cli {
 
 /// Optional io_uring features `--feature` can switch; the others of [`Feature`] are required by
 /// an engine or decided by other flags.
-pub const SWITCHABLE_FEATURES: [Feature; 5] = [
+pub const SWITCHABLE_FEATURES: [Feature; 6] = [
     Feature::RecvBudget,
     Feature::NoSqarray,
     Feature::RingFd,
     Feature::SendZc,
     Feature::Bundle,
+    Feature::BufRingInc,
 ];
 
 /// One `--feature NAME=on|off`.
