@@ -616,9 +616,9 @@ fn buf_ring_inc_shares_buffers_and_returns_them_all() {
     }
 }
 
-/// Large messages (64 KiB ping-pong, the suite's 50 × 64 KiB cell in small) on many connections
-/// with 16 KiB buffers: the slices a receive leaves at the end of a buffer and the next one
-/// continues are all echoed, in order.
+/// Large messages (64 KiB ping-pong, the suite's 50 × 64 KiB cell in small, and 65,000 B ones
+/// that end mid-buffer) on many connections with 16 KiB buffers: the slices a receive leaves at
+/// the end of a buffer and the next one continues are all echoed, in order.
 #[test]
 fn buf_ring_inc_large_messages_many_connections() {
     if !available(Feature::BufRingInc) {
@@ -634,7 +634,10 @@ fn buf_ring_inc_large_messages_many_connections() {
                     let mut s = common::connect(addr);
                     let mut total = 0;
                     for round in 0..20u64 {
-                        let msg = common::pattern(i * 100 + round, 64 * 1024);
+                        // 64 KiB fills whole buffers; 65,000 B leaves a partly used one that
+                        // the next message continues.
+                        let size = if round % 2 == 0 { 64 * 1024 } else { 65_000 };
+                        let msg = common::pattern(i * 100 + round, size);
                         common::echo_once(&mut s, &msg);
                         total += msg.len() as u64;
                     }
