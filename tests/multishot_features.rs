@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{fill_pattern, TestServer, ERROR_COUNTERS, IO_TIMEOUT};
-use uring_echo::backend::uring_multishot::{Engine, Params, Report, ZC_MIN_SEND};
+use uring_echo::backend::uring_multishot::{Engine, Params, RecvBudget, Report, ZC_MIN_SEND};
 use uring_echo::policy::Admission;
 use uring_echo::probe::{self, Feature};
 use uring_echo::stats::{Counts, Stats};
@@ -609,11 +609,26 @@ fn buf_ring_inc_shares_buffers_and_returns_them_all() {
             report2.parks
         );
         p.buf_ring_inc = false;
-        let (usage, report, counts, echoed) = run_engine_with(p, load);
+        let (usage, report, counts, echoed) = run_engine_with(p.clone(), load);
         assert!(!usage.uses(Feature::BufRingInc), "{usage:?}");
         assert_clean(&report, &counts, echoed);
         assert_eq!(report.buf_more, 0, "{report:?}");
+        let (_, report, counts, echoed) = run_engine_with(p, |addr| mixed_load(addr, 24, 150));
+        assert_clean_with(&report, &counts, echoed, 24);
+        eprintln!(
+            "without buf_ring_inc, same pool, mixed load: most buffers one connection held: {}, \
+             parks: {}",
+            report.peak_conn_buffers, report.parks
+        );
     }
+    // Single-shot receives (kernels with incremental buffers but without the budget, 6.12 to
+    // 6.16): each takes a slice of the head buffer too.
+    let mut p = params();
+    p.buf_ring_inc = true;
+    p.recv_budget = RecvBudget::Off;
+    let (_, report, counts, echoed) = run_engine_with(p, |addr| mixed_load(addr, 12, 150));
+    assert_clean_with(&report, &counts, echoed, 12);
+    assert!(!report.recv_budget && report.buf_more > 0, "{report:?}");
 }
 
 /// Large messages (64 KiB ping-pong, the suite's 50 × 64 KiB cell in small, and 65,000 B ones
