@@ -54,10 +54,14 @@
 //! - Only CQEs with data (`res > 0`) count: a zero-byte completion consumed nothing, and some
 //!   6.12 kernels reported such a completion without `BUF_MORE` while leaving the buffer at the
 //!   head (fixed upstream and in stable kernels since).
-//! - Refused loudly (a [`TakeError`], the connection fails, the buffer is not used): a CQE
+//! - Refused loudly (a [`TakeError`], the connection fails, the slice is not used): a CQE
 //!   naming a buffer the kernel already finished and we have not recycled, one naming a buffer
 //!   outside the pool, a slice that would reach past the end of the buffer, and `BUF_MORE` on a
-//!   buffer with no byte left.
+//!   buffer with no byte left. The last two mean our offset no longer matches the kernel's, so
+//!   the buffer is *poisoned*: its later CQEs are refused too (no slice at a wrong offset, which
+//!   would echo another connection's bytes) and it stays out of the ring, since the kernel may
+//!   still write into it, until the group is unregistered. A pool one buffer short is the cost
+//!   of a kernel that broke its side; the exit report shows it.
 //! - The offsets are right only if the CQEs of one buffer arrive in the order the kernel
 //!   consumed it. Kernels order them since a fix of May 2025 (io-uring list: "ensure deferred
 //!   completions are flushed for multishot", marked for stable 6.1+); before it, a finishing
@@ -181,6 +185,10 @@ struct Slices {
     outstanding: u32,
     /// A CQE for the buffer came without `BUF_MORE`: the kernel will not write into it again.
     kernel_done: bool,
+    /// A CQE claimed a slice that does not fit the buffer: where the kernel writes next in it is
+    /// unknown, so no slice is taken from it and it stays out of the ring until the group is
+    /// unregistered ([`BufRing::reclaim_partial`]).
+    poisoned: bool,
 }
 
 /// Why [`BufRing::take`] refused a buffer id from a completion.
@@ -199,8 +207,11 @@ pub(super) enum TakeError {
     /// `BUF_MORE`) and it was not recycled since, so no receive can be using it.
     KernelDone(u16),
     /// Incremental consumption: the slice would end at byte `end`, past the end of the buffer
-    /// (or end exactly there while the CQE says the kernel keeps using the buffer).
+    /// (or end exactly there while the CQE says the kernel keeps using the buffer). The buffer
+    /// is poisoned: held, never recycled while registered.
     BeyondBuffer { bid: u16, end: u64 },
+    /// Incremental consumption: a CQE named a poisoned buffer (see `BeyondBuffer`).
+    Poisoned(u16),
 }
 
 impl BufRing {
@@ -465,7 +476,8 @@ impl BufRing {
     /// Records the slice of `len > 0` bytes that a receive CQE put into buffer `bid` under
     /// incremental consumption, `more` its `IORING_CQE_F_BUF_MORE`; returns the offset in the
     /// buffer where the slice starts. The first slice takes the buffer from the ring. Checks
-    /// everything before changing anything; a refused CQE changes nothing (module docs).
+    /// everything before changing anything: a refused CQE changes nothing, except that a slice
+    /// that does not fit poisons the buffer (module docs).
     pub(super) fn take_slice(&mut self, bid: u16, len: u32, more: bool) -> Result<u32, TakeError> {
         assert!(self.inc, "slice taken from a ring that is not incremental");
         if bid >= self.count {
@@ -477,23 +489,31 @@ impl BufRing {
         } else {
             self.slices[bid as usize]
         };
+        if state.poisoned {
+            return Err(TakeError::Poisoned(bid));
+        }
         if state.kernel_done {
             return Err(TakeError::KernelDone(bid));
-        }
-        let end = u64::from(state.consumed) + u64::from(len);
-        let size = self.buf_size as u64;
-        if len == 0 || end > size || (more && end == size) {
-            return Err(TakeError::BeyondBuffer { bid, end });
         }
         if first {
             let (word, mask) = Self::bit(bid);
             self.in_ring_bits[word] &= !mask;
             self.in_ring -= 1;
         }
+        let end = u64::from(state.consumed) + u64::from(len);
+        let size = self.buf_size as u64;
+        if len == 0 || end > size || (more && end == size) {
+            self.slices[bid as usize] = Slices {
+                poisoned: true,
+                ..state
+            };
+            return Err(TakeError::BeyondBuffer { bid, end });
+        }
         self.slices[bid as usize] = Slices {
             consumed: end as u32,
             outstanding: state.outstanding + 1,
             kernel_done: !more,
+            poisoned: false,
         };
         Ok(state.consumed)
     }
@@ -519,7 +539,7 @@ impl BufRing {
             "slice of provided buffer {bid} put back, but none is outstanding"
         );
         state.outstanding -= 1;
-        if state.outstanding == 0 && state.kernel_done {
+        if state.outstanding == 0 && state.kernel_done && !state.poisoned {
             self.recycle(bid);
         }
     }
@@ -537,14 +557,16 @@ impl BufRing {
             }
             let state = &mut self.slices[bid as usize];
             state.kernel_done = true;
+            state.poisoned = false;
             if state.outstanding == 0 {
                 self.recycle(bid);
             }
         }
     }
 
-    /// Buffers the kernel has partly consumed and still uses, with no slice outstanding: held
-    /// by nobody but the kernel (0 after [`BufRing::reclaim_partial`], or unless incremental).
+    /// Buffers the kernel has partly consumed and still uses (or poisoned ones), with no slice
+    /// outstanding: held by nobody but the kernel (0 after [`BufRing::reclaim_partial`], or
+    /// unless incremental).
     pub(super) fn kernel_partial(&self) -> usize {
         if !self.inc {
             return 0;
@@ -552,7 +574,9 @@ impl BufRing {
         (0..self.count)
             .filter(|&bid| {
                 let state = self.slices[bid as usize];
-                !self.is_in_ring(bid) && !state.kernel_done && state.outstanding == 0
+                !self.is_in_ring(bid)
+                    && (!state.kernel_done || state.poisoned)
+                    && state.outstanding == 0
             })
             .count()
     }
@@ -766,28 +790,37 @@ mod tests {
     }
 
     #[test]
-    fn incremental_refusals_change_nothing() {
+    fn incremental_refusals_change_nothing_or_poison_the_buffer() {
         let mut ring = incremental(4, 1000);
         assert_eq!(ring.take_slice(9, 1, true), Err(TakeError::Unknown(9)));
+        assert_eq!(ring.in_ring(), 4, "nothing changed");
+        assert_eq!(ring.take_slice(1, 600, true), Ok(0));
+        assert_eq!(
+            ring.take_slice(1, 401, true),
+            Err(TakeError::BeyondBuffer { bid: 1, end: 1001 })
+        );
+        // Our offset no longer matches the kernel's: no more slices of it, and it never goes
+        // back while the kernel may write into it.
+        assert_eq!(ring.take_slice(1, 10, false), Err(TakeError::Poisoned(1)));
+        ring.put(1);
+        assert_eq!(ring.in_ring(), 3);
+        // A first slice that does not fit, and BUF_MORE on a full buffer, poison too.
         assert_eq!(
             ring.take_slice(2, 1001, false),
             Err(TakeError::BeyondBuffer { bid: 2, end: 1001 })
         );
         assert_eq!(
-            ring.take_slice(2, 1000, true),
-            Err(TakeError::BeyondBuffer { bid: 2, end: 1000 }),
+            ring.take_slice(3, 1000, true),
+            Err(TakeError::BeyondBuffer { bid: 3, end: 1000 }),
             "BUF_MORE on a full buffer"
         );
-        assert_eq!(ring.in_ring(), 4);
-        assert_eq!(ring.take_slice(2, 600, true), Ok(0));
-        assert_eq!(
-            ring.take_slice(2, 401, true),
-            Err(TakeError::BeyondBuffer { bid: 2, end: 1001 })
-        );
-        assert_eq!(ring.take_slice(2, 400, false), Ok(600), "state unchanged");
-        ring.put(2);
-        ring.put(2);
-        assert_eq!(ring.in_ring(), 4);
+        assert_eq!(ring.in_ring(), 1);
+        assert_eq!(ring.kernel_partial(), 3);
+        // Once the group is unregistered the kernel cannot write into them: all come back.
+        ring.reclaim_partial();
+        assert_eq!((ring.in_ring(), ring.kernel_partial()), (4, 0));
+        ring.publish();
+        assert_eq!(ring.take_slice(2, 10, true), Ok(0), "a fresh start");
     }
 
     #[test]
