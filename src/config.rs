@@ -186,7 +186,8 @@ pub struct Cli {
     ///
     /// NAME is one of the switchable features of the `features:` line (see README "Kernels"):
     /// recv_budget, no_sqarray, ring_fd (on by default where the kernel has them), send_zc,
-    /// bundle (off by default; bundle needs recv_budget). `off` measures the engine without it (an A/B, or the fallback of an
+    /// bundle, buf_ring_inc (off by default; bundle needs recv_budget, and buf_ring_inc wins
+    /// over bundle). `off` measures the engine without it (an A/B, or the fallback of an
     /// older kernel), `on` insists on it: a kernel without it is refused at start with a
     /// one-line error.
     #[arg(long = "feature", value_name = "NAME=on|off", value_parser = parse_feature_switch)]
@@ -195,12 +196,13 @@ pub struct Cli {
 
 /// Optional io_uring features `--feature` can switch; the others of [`Feature`] are required by
 /// an engine or decided by other flags.
-pub const SWITCHABLE_FEATURES: [Feature; 5] = [
+pub const SWITCHABLE_FEATURES: [Feature; 6] = [
     Feature::RecvBudget,
     Feature::NoSqarray,
     Feature::RingFd,
     Feature::SendZc,
     Feature::Bundle,
+    Feature::BufRingInc,
 ];
 
 /// One `--feature NAME=on|off`.
@@ -429,6 +431,15 @@ impl TryFrom<Cli> for Config {
                 bail!("--feature {} is given twice", switch.feature);
             }
         }
+        let insisted = |f: Feature| cli.features.iter().any(|s| s.feature == f && s.on);
+        if insisted(Feature::Bundle) && insisted(Feature::BufRingInc) {
+            // The engine takes buf_ring_inc and leaves bundles off (README "Kernels"), so the
+            // features: line could not list bundle in use as insisted.
+            bail!(
+                "--feature bundle=on cannot be combined with --feature buf_ring_inc=on \
+                 (incremental consumption leaves receives unbundled)"
+            );
+        }
         let ring_entries = cli.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
         if ring_entries == 0 || ring_entries > MAX_RING_ENTRIES {
             bail!("--ring-entries must be between 1 and {MAX_RING_ENTRIES}, got {ring_entries}");
@@ -608,6 +619,19 @@ mod tests {
             "recv_budget=on",
         ];
         assert!(format!("{:#}", config(&twice).unwrap_err()).contains("twice"));
+        let both = [
+            "--runtime",
+            "uring-multishot",
+            "--feature",
+            "bundle=on",
+            "--feature",
+            "buf_ring_inc=on",
+        ];
+        let err = format!("{:#}", config(&both).unwrap_err());
+        assert!(err.contains("bundle=on cannot be combined"), "{err}");
+        let mut one_off = both;
+        one_off[5] = "buf_ring_inc=off";
+        assert!(config(&one_off).is_ok());
         assert_eq!(
             parse_feature_switch("recv_budget=on"),
             Ok(FeatureSwitch {

@@ -1,5 +1,5 @@
 //! The uring-multishot engine's optional io_uring features (`no_sqarray`, `ring_fd`,
-//! `send_zc`), each switched on and off: every byte comes back in order under several
+//! `send_zc`, `bundle`, `buf_ring_inc`), each switched on and off: every byte comes back in order under several
 //! connections, message sizes from 1 byte to beyond the zero-copy threshold and pipelined
 //! writes; the `features:` line lists the feature as switched; and, through the library engine,
 //! that the feature really ran (the exit report) and every provided buffer came back.
@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{fill_pattern, TestServer, ERROR_COUNTERS, IO_TIMEOUT};
-use uring_echo::backend::uring_multishot::{Engine, Params, Report, ZC_MIN_SEND};
+use uring_echo::backend::uring_multishot::{Engine, Params, RecvBudget, Report, ZC_MIN_SEND};
 use uring_echo::policy::Admission;
 use uring_echo::probe::{self, Feature};
 use uring_echo::stats::{Counts, Stats};
@@ -173,7 +173,8 @@ fn send_zc_on_and_off() {
     feature_on_and_off_through_the_binary(Feature::SendZc);
 }
 
-/// By default, `no_sqarray` and `ring_fd` are used where the kernel has them, `send_zc` is not.
+/// By default, `no_sqarray` and `ring_fd` are used where the kernel has them, `send_zc` and
+/// `buf_ring_inc` are not.
 #[test]
 fn defaults_on_this_kernel() {
     let server = TestServer::spawn(&["--runtime", "uring-multishot", "--listen", "127.0.0.1:0"]);
@@ -185,6 +186,7 @@ fn defaults_on_this_kernel() {
         (Feature::NoSqarray, true),
         (Feature::RingFd, true),
         (Feature::SendZc, false),
+        (Feature::BufRingInc, false),
     ] {
         let key = match (features.has(feature), default_on) {
             (true, true) => "in_use",
@@ -450,4 +452,335 @@ fn send_zc_never_reading_writer_then_reset() {
         report.zc_notifications,
         report.peak_conn_buffers
     );
+}
+
+// ---- buf_ring_inc: incremental provided-buffer consumption ------------------------------------
+
+/// `buf_ring_inc=on` and `off` through the binary: byte-exact echo of every size, and the
+/// `features:` line names it as switched (where the kernel lacks it, `on` is refused at start:
+/// `tests/kernel.rs`, and [`buf_ring_inc_falls_back_where_the_kernel_lacks_it`] checks the
+/// engine's fallback).
+#[test]
+fn buf_ring_inc_on_and_off() {
+    feature_on_and_off_through_the_binary(Feature::BufRingInc);
+}
+
+/// A client that writes messages of mixed sizes (1 byte to 70 KB, a pseudo-random sequence) from
+/// one thread and reads the echo on another, checking every byte; returns the bytes echoed.
+fn mixed_stream(addr: SocketAddr, seed: u64, messages: usize) -> u64 {
+    let mut s = common::connect(addr);
+    let sizes: Vec<usize> = (0..messages as u64)
+        .map(|i| {
+            let z =
+                (seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            match z % 4 {
+                0 => 1 + (z >> 8) as usize % 64,
+                1 => 100 + (z >> 8) as usize % 2000,
+                2 => 4000 + (z >> 8) as usize % 20_000,
+                _ => 60_000 + (z >> 8) as usize % 10_000,
+            }
+        })
+        .collect();
+    let total: u64 = sizes.iter().map(|&n| n as u64).sum();
+    let mut writer = s.try_clone().unwrap();
+    let w = thread::spawn(move || {
+        let mut off = 0u64;
+        for size in sizes {
+            let mut msg = vec![0; size];
+            fill_pattern(seed, off, &mut msg);
+            writer.write_all(&msg).expect("mixed write");
+            off += size as u64;
+        }
+        writer.shutdown(SockShutdown::Write).unwrap();
+    });
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut want = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).expect("read the mixed echo");
+        if n == 0 {
+            break;
+        }
+        fill_pattern(seed, got, &mut want[..n]);
+        assert!(
+            buf[..n] == want[..n],
+            "mixed stream {seed}: echo differs in bytes {got}..{}",
+            got + n as u64
+        );
+        got += n as u64;
+        assert!(got <= total, "mixed stream {seed}: more bytes than sent");
+    }
+    w.join().expect("writer thread");
+    assert_eq!(got, total, "mixed stream {seed}: echo cut short");
+    got
+}
+
+/// Runs an engine with `params`, puts `clients` through it (each gets the address and returns
+/// the bytes it had echoed), stops it; returns its usage, report, counts and the bytes echoed.
+fn run_engine_with(
+    params: Params,
+    clients: impl FnOnce(SocketAddr) -> u64,
+) -> (probe::Usage, Report, Counts, u64) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = std::sync::Arc::new(Stats::new(1));
+    let shutdown = Shutdown::new();
+    let admission = Admission::new(None);
+    let (tx, rx) = mpsc::channel();
+    let handle = {
+        let (stats, shutdown, admission) = (stats.clone(), shutdown.clone(), admission.clone());
+        thread::spawn(move || -> io::Result<Report> {
+            let engine = Engine::new(listener, params);
+            tx.send(
+                engine
+                    .as_ref()
+                    .map(|e| e.usage())
+                    .map_err(|e| e.to_string()),
+            )
+            .unwrap();
+            engine?.run(stats.worker(0), &admission, &shutdown)
+        })
+    };
+    let usage = rx
+        .recv_timeout(IO_TIMEOUT)
+        .expect("engine setup timed out")
+        .expect("engine setup failed");
+    let echoed = clients(addr);
+    let report = stop_engine(&shutdown, handle);
+    assert_eq!(admission.active(), 0);
+    (usage, report, stats.snapshot().counts, echoed)
+}
+
+/// `connections` [`mixed_stream`]s at once, `messages` each.
+fn mixed_load(addr: SocketAddr, connections: u64, messages: usize) -> u64 {
+    let clients: Vec<JoinHandle<u64>> = (0..connections)
+        .map(|i| thread::spawn(move || mixed_stream(addr, 7000 + i, messages)))
+        .collect();
+    clients.into_iter().map(|c| c.join().expect("client")).sum()
+}
+
+/// Every buffer back, nothing abandoned or leaked, no error, every connection closed.
+fn assert_clean_with(report: &Report, counts: &Counts, echoed: u64, connections: u64) {
+    assert_eq!(counts.bytes_echoed, echoed, "{report:?}");
+    assert_eq!(counts.closed, connections, "{report:?}");
+    assert_eq!(
+        (counts.errors_reset, counts.errors_pipe, counts.errors_other),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.buffers_in_ring, report.buffers, "{report:?}");
+    assert_eq!(report.buffers_abandoned, 0, "{report:?}");
+    assert_eq!(report.connections_abandoned, 0, "{report:?}");
+    assert_eq!(report.pool_bytes_leaked, 0, "{report:?}");
+}
+
+/// With `buf_ring_inc` the kernel really shares buffers between receives (CQEs with `BUF_MORE`),
+/// under the pipelined load of every size and under many connections writing mixed sizes, with
+/// a roomy pool, a small one that runs dry and small buffers that large messages span; every
+/// byte comes back in order (the clients check) and every buffer returns to the ring. Off, no
+/// CQE has `BUF_MORE`.
+#[test]
+fn buf_ring_inc_shares_buffers_and_returns_them_all() {
+    if !available(Feature::BufRingInc) {
+        return;
+    }
+    for (buffers, cap, buffer_size) in [(1024, 4, 16 * 1024), (16, 4, 4096), (64, 8, 1024)] {
+        let mut p = params();
+        p.buffer_size = buffer_size;
+        p.buffers = buffers;
+        p.max_queued_buffers = cap;
+        p.buf_ring_inc = true;
+        let (usage, report, counts, echoed) = run_engine_with(p.clone(), load);
+        assert!(usage.uses(Feature::BufRingInc), "{usage:?}");
+        assert_clean(&report, &counts, echoed);
+        assert!(report.buf_more > 0, "{report:?}");
+        let (_, report2, counts, echoed) =
+            run_engine_with(p.clone(), |addr| mixed_load(addr, 24, 150));
+        assert_clean_with(&report2, &counts, echoed, 24);
+        assert!(report2.buf_more > 0, "{report2:?}");
+        eprintln!(
+            "buf_ring_inc, {buffers} × {buffer_size} B, cap {cap}: {} and {} receive CQEs with \
+             BUF_MORE, most slices one connection held: {} and {}, parks: {} and {}",
+            report.buf_more,
+            report2.buf_more,
+            report.peak_conn_buffers,
+            report2.peak_conn_buffers,
+            report.parks,
+            report2.parks
+        );
+        p.buf_ring_inc = false;
+        let (usage, report, counts, echoed) = run_engine_with(p.clone(), load);
+        assert!(!usage.uses(Feature::BufRingInc), "{usage:?}");
+        assert_clean(&report, &counts, echoed);
+        assert_eq!(report.buf_more, 0, "{report:?}");
+        let (_, report, counts, echoed) = run_engine_with(p, |addr| mixed_load(addr, 24, 150));
+        assert_clean_with(&report, &counts, echoed, 24);
+        eprintln!(
+            "without buf_ring_inc, same pool, mixed load: most buffers one connection held: {}, \
+             parks: {}",
+            report.peak_conn_buffers, report.parks
+        );
+    }
+    // Single-shot receives (kernels with incremental buffers but without the budget, 6.12 to
+    // 6.16): each takes a slice of the head buffer too.
+    let mut p = params();
+    p.buf_ring_inc = true;
+    p.recv_budget = RecvBudget::Off;
+    let (_, report, counts, echoed) = run_engine_with(p, |addr| mixed_load(addr, 12, 150));
+    assert_clean_with(&report, &counts, echoed, 12);
+    assert!(!report.recv_budget && report.buf_more > 0, "{report:?}");
+}
+
+/// Large messages (64 KiB ping-pong, the suite's 50 × 64 KiB cell in small, and 65,000 B ones
+/// that end mid-buffer) on many connections with 16 KiB buffers: the slices a receive leaves at
+/// the end of a buffer and the next one continues are all echoed, in order.
+#[test]
+fn buf_ring_inc_large_messages_many_connections() {
+    if !available(Feature::BufRingInc) {
+        return;
+    }
+    let mut p = params();
+    p.buf_ring_inc = true;
+    let connections = 50u64;
+    let (_, report, counts, echoed) = run_engine_with(p, |addr| {
+        let clients: Vec<JoinHandle<u64>> = (0..connections)
+            .map(|i| {
+                thread::spawn(move || {
+                    let mut s = common::connect(addr);
+                    let mut total = 0;
+                    for round in 0..20u64 {
+                        // 64 KiB fills whole buffers; 65,000 B leaves a partly used one that
+                        // the next message continues.
+                        let size = if round % 2 == 0 { 64 * 1024 } else { 65_000 };
+                        let msg = common::pattern(i * 100 + round, size);
+                        common::echo_once(&mut s, &msg);
+                        total += msg.len() as u64;
+                    }
+                    total
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().expect("client")).sum()
+    });
+    assert_clean_with(&report, &counts, echoed, connections);
+    assert!(report.buf_more > 0, "{report:?}");
+}
+
+/// Zero-copy sends of slices: a slice's buffer waits for the notification like a whole one,
+/// and comes back once the kernel, every slice and every notification are done with it.
+#[test]
+fn buf_ring_inc_with_send_zc_returns_every_buffer() {
+    if !(available(Feature::BufRingInc) && available(Feature::SendZc)) {
+        return;
+    }
+    for buffers in [1024, 16] {
+        let mut p = params();
+        p.buffers = buffers;
+        p.buf_ring_inc = true;
+        p.send_zc = true;
+        let (_, report, counts, echoed) = run_engine_with(p, load);
+        assert_clean(&report, &counts, echoed);
+        assert!(report.buf_more > 0 && report.sends_zc > 0, "{report:?}");
+    }
+}
+
+/// Clients that go away mid-stream: some reset with echo unread, some half-close and read the
+/// rest, beside a well-behaved one whose every byte is checked. Their slices may share buffers
+/// with the survivors'; every buffer still comes back, nothing is abandoned.
+#[test]
+fn buf_ring_inc_connections_closing_mid_stream() {
+    if !available(Feature::BufRingInc) {
+        return;
+    }
+    let mut p = params();
+    p.buf_ring_inc = true;
+    p.buffers = 64;
+    p.buffer_size = 4096;
+    let quitters = 12u64;
+    let (_, report, counts, steady_bytes) = run_engine_with(p, |addr| {
+        let steady = thread::spawn(move || mixed_stream(addr, 4242, 300));
+        let quit: Vec<JoinHandle<()>> = (0..quitters)
+            .map(|i| {
+                thread::spawn(move || {
+                    let mut s = common::connect(addr);
+                    let msg = common::pattern(i, 3000 + i as usize * 1000);
+                    for _ in 0..5 {
+                        s.write_all(&msg).expect("write");
+                    }
+                    // Read a little of the echo, so the server is mid-stream.
+                    let mut some = vec![0u8; 100];
+                    s.read_exact(&mut some).expect("read some echo");
+                    assert_eq!(some, msg[..100]);
+                    if i % 2 == 0 {
+                        // Unread echo at close: a reset.
+                        drop(s);
+                    } else {
+                        s.shutdown(SockShutdown::Write).unwrap();
+                        let rest = common::read_to_eof(&mut s);
+                        assert_eq!(rest.len(), msg.len() * 5 - 100);
+                    }
+                })
+            })
+            .collect();
+        for q in quit {
+            q.join().expect("quitter");
+        }
+        steady.join().expect("steady client")
+    });
+    assert_eq!(counts.closed, quitters + 1, "{report:?}");
+    assert!(counts.bytes_echoed >= steady_bytes, "{report:?}");
+    assert_eq!(report.buffers_in_ring, report.buffers, "{report:?}");
+    assert_eq!(report.buffers_abandoned, 0, "{report:?}");
+    assert_eq!(report.connections_abandoned, 0, "{report:?}");
+    assert_eq!(report.pool_bytes_leaked, 0, "{report:?}");
+}
+
+/// Where the kernel lacks `IOU_PBUF_RING_INC` the engine asked for it falls back to the plain
+/// ring (the usage lists it as missing) and echoes as usual; where it has it, it is in use.
+#[test]
+fn buf_ring_inc_falls_back_where_the_kernel_lacks_it() {
+    let has = probe::features().has(Feature::BufRingInc);
+    let mut p = params();
+    p.buf_ring_inc = true;
+    let (usage, report, counts, echoed) = run_engine_with(p, load);
+    assert_clean(&report, &counts, echoed);
+    if has {
+        assert!(usage.uses(Feature::BufRingInc), "{usage:?}");
+    } else {
+        eprintln!("this kernel has no buf_ring_inc: checking the fallback");
+        assert!(usage.missing().contains(&Feature::BufRingInc), "{usage:?}");
+        assert_eq!(report.buf_more, 0, "{report:?}");
+    }
+}
+
+/// `bundle` with `buf_ring_inc`: the library engine takes buf_ring_inc and leaves bundles off
+/// (no bundled CQE); the binary refuses `bundle=on` beside `buf_ring_inc=on` in one line, since
+/// its `features:` line could not list bundle in use.
+#[test]
+fn buf_ring_inc_wins_over_bundle() {
+    if !(available(Feature::BufRingInc) && available(Feature::Bundle)) {
+        return;
+    }
+    let mut p = params();
+    p.buf_ring_inc = true;
+    p.bundle = true;
+    let (usage, report, counts, echoed) = run_engine_with(p, load);
+    assert_clean(&report, &counts, echoed);
+    assert!(usage.uses(Feature::BufRingInc), "{usage:?}");
+    assert!(usage.off().contains(&Feature::Bundle), "{usage:?}");
+    assert_eq!(report.recv_bundles, 0, "{report:?}");
+    let exited = common::run_to_exit(
+        &[
+            "--runtime",
+            "uring-multishot",
+            "--listen",
+            "127.0.0.1:0",
+            "--feature",
+            "bundle=on",
+            "--feature",
+            "buf_ring_inc=on",
+        ],
+        &[],
+    );
+    common::assert_one_line_error(&exited, 1, &["--feature bundle=on"]);
 }

@@ -294,6 +294,21 @@ mod tests {
         "send_zc",
     ];
 
+    /// The list these tests use is the server's own: every switchable feature, `buf_ring_inc`
+    /// among them, gets an ablation variant.
+    #[test]
+    fn the_tests_switchable_list_is_the_servers() {
+        let mut ours: Vec<&str> = SWITCHABLE.to_vec();
+        let mut server: Vec<&str> = uring_echo::config::SWITCHABLE_FEATURES
+            .iter()
+            .map(|f| f.name())
+            .collect();
+        ours.sort_unstable();
+        server.sort_unstable();
+        assert_eq!(ours, server);
+        assert!(server.contains(&"buf_ring_inc"));
+    }
+
     #[test]
     fn parses_the_features_line() {
         let f = parse_features_line(LINE_61).unwrap();

@@ -332,8 +332,8 @@ mod tests {
     /// multishot-off, epoll, floor) and 5 peers; 4 in multi-thread cells (no floor, no peers).
     const SERVERS: usize = 10;
     const MULTI: usize = 4;
-    /// Ablation targets once the other switchable features land: the default, 2 batching
-    /// policies and 6 flipped features.
+    /// Ablation targets: the default, 2 batching policies and the 6 switchable features
+    /// flipped.
     const VARIANTS: usize = 9;
 
     #[test]

@@ -27,8 +27,56 @@
 //!   and checks that the named buffer is the one at that head, that the run lies within what was
 //!   published, and that every buffer of it is in the ring (the bitset) before taking any: a
 //!   kernel that consumed buffers out of order (bundle bugs of that kind existed) is a refused
-//!   CQE, never a buffer handed out twice. The descriptors are only written by us and only read
-//!   by the kernel (no incremental consumption), so reading a buffer id back from one is safe.
+//!   CQE, never a buffer handed out twice. Bundles are never combined with incremental
+//!   consumption (below), so the kernel only reads the descriptors and reading a buffer id back
+//!   from one races nothing.
+//!
+//! **Incremental consumption** (`--feature buf_ring_inc`, `IOU_PBUF_RING_INC`, Linux 6.12): the
+//! ring is registered so that a receive takes only the bytes it needs from the buffer at the
+//! ring head. The CQE names the buffer; its data starts where the previous receive into that
+//! buffer stopped, which only we can know, so [`BufRing::take_slice`] keeps a per-buffer
+//! `consumed` offset (the sum of the bytes CQEs reported for it since it was last recycled).
+//! `IORING_CQE_F_BUF_MORE` on the CQE means the kernel left the buffer at the ring head and the
+//! next receive, *of any connection*, continues in it; without it the kernel has moved its head
+//! past the buffer and will never write into it again. So one buffer carries several *slices*,
+//! possibly of several connections, and each is sent (and released with [`BufRing::put`])
+//! separately. Invariants:
+//! - A buffer is held by the engine (its bit clear) from the CQE of its first slice until it is
+//!   recycled, and is recycled only when **both** the kernel is done with it (`kernel_done`: a CQE
+//!   for it without `BUF_MORE`) **and** no slice of it is outstanding (`outstanding`, +1 per
+//!   slice taken, -1 per slice put). Recycling earlier would publish a second descriptor for
+//!   memory the kernel still writes into, or hand the kernel bytes a send still reads.
+//! - A receive ending, failing or being cancelled does *not* make the kernel done with a
+//!   partly consumed buffer: the buffer belongs to the ring's head, not to the receive, and the
+//!   next receive of any connection continues in it. Only a CQE without `BUF_MORE` does, or
+//!   unregistering the group ([`BufRing::reclaim_partial`], at teardown, when no operation can
+//!   still use a buffer).
+//! - Only CQEs with data (`res > 0`) count: a zero-byte completion consumed nothing, and some
+//!   6.12 kernels reported such a completion without `BUF_MORE` while leaving the buffer at the
+//!   head (fixed upstream and in stable kernels since).
+//! - Refused loudly (a [`TakeError`], the connection fails, the slice is not used): a CQE
+//!   naming a buffer the kernel already finished and we have not recycled, one naming a buffer
+//!   outside the pool, a slice that would reach past the end of the buffer, and `BUF_MORE` on a
+//!   buffer with no byte left. The last two mean our offset no longer matches the kernel's, so
+//!   the buffer is *poisoned*: its later CQEs are refused too (no slice at a wrong offset, which
+//!   would echo another connection's bytes) and it stays out of the ring, since the kernel may
+//!   still write into it, until the group is unregistered. A pool one buffer short is the cost
+//!   of a kernel that broke its side; the exit report shows it.
+//! - The offsets are right only if the CQEs of one buffer arrive in the order the kernel
+//!   consumed it. Kernels order them since a fix of May 2025 (io-uring list: "ensure deferred
+//!   completions are flushed for multishot", marked for stable 6.1+); before it, a finishing
+//!   multishot receive's CQE (posted at the end of a task-work run) could follow the CQE of a
+//!   later receive into the same buffer, which the checks above catch only when the swap
+//!   crosses the end of a buffer. The byte-verified tests are what tells on such a kernel.
+//! - Descriptors: the kernel now also *writes* the head descriptor (its address and length
+//!   advance), so the engine never reads a descriptor back in this mode ([`BufRing::bid_at`] is
+//!   for bundles only) and [`BufRing::recycle`] writes only slots past the kernel's reach, as
+//!   before. A partly consumed buffer keeps its descriptor in the ring while we hold it, so the
+//!   ring holds at most one descriptor per buffer, still at most `count`.
+//! - The per-connection cap counts slices, not buffers: a slice pins its whole buffer (the
+//!   buffer returns only when its last slice is sent), so a connection's slices bound the
+//!   buffers it keeps out of the ring exactly as whole buffers did, and the backpressure bound
+//!   (`ops`) is unchanged. A buffer shared by several connections counts once for each.
 //!
 //! The pool is not pinned (the kernel copies into it like `recv(2)` would), so it does not count
 //! against `RLIMIT_MEMLOCK`; only the small descriptor ring is. Pages are touched lazily, so an idle
@@ -38,7 +86,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::BufRingEntry;
+use io_uring::types::{BufRingEntry, IOU_PBUF_RING_INC};
 use io_uring::Submitter;
 
 /// Buffer group id of the pool (one group per ring, so any constant works).
@@ -118,6 +166,29 @@ pub(crate) struct BufRing {
     /// Our copy of the kernel's ring head: the next descriptor a receive takes. Kept by
     /// [`BufRing::take_run`] only (bundle mode takes every buffer through it).
     head: u16,
+    /// Registered with `IOU_PBUF_RING_INC`: buffers are taken and put back in slices
+    /// ([`BufRing::take_slice`], module docs).
+    inc: bool,
+    /// Per buffer id, with `inc`: its slice bookkeeping (empty otherwise).
+    slices: Box<[Slices]>,
+}
+
+/// One buffer's state under incremental consumption (module docs), meaningful while the engine
+/// holds the buffer; reset when a CQE takes it from the ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slices {
+    /// Bytes of the buffer the kernel has filled since it was taken: where the next slice
+    /// starts.
+    consumed: u32,
+    /// Slices taken and not yet put back (queued, in a send, or awaiting a zero-copy
+    /// notification).
+    outstanding: u32,
+    /// A CQE for the buffer came without `BUF_MORE`: the kernel will not write into it again.
+    kernel_done: bool,
+    /// A CQE claimed a slice that does not fit the buffer: where the kernel writes next in it is
+    /// unknown, so no slice is taken from it and it stays out of the ring until the group is
+    /// unregistered ([`BufRing::reclaim_partial`]).
+    poisoned: bool,
 }
 
 /// Why [`BufRing::take`] refused a buffer id from a completion.
@@ -132,6 +203,15 @@ pub(super) enum TakeError {
     OutOfOrder { expected: u16, got: u16 },
     /// A run of this many buffers reaches past what was published to the kernel.
     BeyondTail(u16),
+    /// Incremental consumption: the kernel already finished this buffer (a CQE without
+    /// `BUF_MORE`) and it was not recycled since, so no receive can be using it.
+    KernelDone(u16),
+    /// Incremental consumption: the slice would end at byte `end`, past the end of the buffer
+    /// (or end exactly there while the CQE says the kernel keeps using the buffer). The buffer
+    /// is poisoned: held, never recycled while registered.
+    BeyondBuffer { bid: u16, end: u64 },
+    /// Incremental consumption: a CQE named a poisoned buffer (see `BeyondBuffer`).
+    Poisoned(u16),
 }
 
 impl BufRing {
@@ -170,6 +250,8 @@ impl BufRing {
             kernel_may_use: false,
             bgid: BGID,
             head: 0,
+            inc: false,
+            slices: Box::default(),
         };
         for bid in 0..count {
             this.recycle(bid as u16);
@@ -206,6 +288,30 @@ impl BufRing {
                 flags,
             )
         }
+    }
+
+    /// [`BufRing::register`] with `IOU_PBUF_RING_INC` (Linux 6.12): receives consume buffers
+    /// incrementally, and the engine must take them with [`BufRing::take_slice`] from now on.
+    /// On an error nothing is registered and the ring stays a plain one.
+    pub(crate) fn register_incremental(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+        self.register_with(submitter, BGID, IOU_PBUF_RING_INC as u16)?;
+        self.enable_incremental();
+        Ok(())
+    }
+
+    /// Switches the bookkeeping to slices (before any buffer is taken).
+    fn enable_incremental(&mut self) {
+        assert_eq!(
+            self.in_ring, self.count as usize,
+            "incremental consumption switched on with buffers held"
+        );
+        self.inc = true;
+        self.slices = vec![Slices::default(); self.count as usize].into_boxed_slice();
+    }
+
+    /// Whether buffers are consumed incrementally (registered with `IOU_PBUF_RING_INC`).
+    pub(super) fn is_incremental(&self) -> bool {
+        self.inc
     }
 
     /// Removes the buffer group from the io_uring behind `submitter`: no operation can pick a
@@ -287,6 +393,9 @@ impl BufRing {
     /// whole run before taking any of it; on success returns the ring position of the first,
     /// for [`BufRing::bid_at`].
     pub(super) fn take_run(&mut self, first: u16, n: u16) -> Result<u16, TakeError> {
+        // The descriptors are read back below; under incremental consumption the kernel writes
+        // them (module docs), and the engine never combines the two.
+        assert!(!self.inc, "bundled run taken from an incremental ring");
         if first >= self.count {
             return Err(TakeError::Unknown(first));
         }
@@ -324,8 +433,8 @@ impl BufRing {
     pub(super) fn bid_at(&self, pos: u16) -> u16 {
         let slot = (pos & self.mask) as usize;
         // SAFETY: slot <= mask, inside the ring mapping. Only `recycle` writes descriptors; the
-        // kernel only reads them (no incremental consumption), so this read races nothing that
-        // changes the value.
+        // kernel only reads them (`take_run`, the only caller, refuses an incremental ring), so
+        // this read races nothing that changes the value.
         unsafe { (*self.ring.ptr.as_ptr().cast::<BufRingEntry>().add(slot)).bid() }
     }
 
@@ -349,10 +458,12 @@ impl BufRing {
         self.in_ring_bits[word] |= mask;
         self.in_ring += 1;
         let slot = (self.tail & self.mask) as usize;
-        // SAFETY: slot <= mask, inside the ring mapping. The ring holds at most `in_ring - 1`
-        // other descriptors the kernel has not consumed (each id at most once, by the bitset),
-        // fewer than its `mask + 1 >= count` slots, so this slot past the published tail is not
-        // one the kernel may still read; we are its only user until `publish`.
+        // SAFETY: slot <= mask, inside the ring mapping. The descriptors the kernel has not
+        // consumed are those of the other ids in the ring (each at most once, by the bitset)
+        // plus, under incremental consumption, those of held buffers it is not done with, which
+        // are never recycled before it is (`put`): at most `count - 1` others, fewer than the
+        // ring's `mask + 1 >= count` slots. So this slot past the published tail is not one the
+        // kernel may still read or write; we are its only user until `publish`.
         unsafe {
             let entry = &mut *self.ring.ptr.as_ptr().cast::<BufRingEntry>().add(slot);
             entry.set_addr(self.addr(bid) as u64);
@@ -360,6 +471,114 @@ impl BufRing {
             entry.set_bid(bid);
         }
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Records the slice of `len > 0` bytes that a receive CQE put into buffer `bid` under
+    /// incremental consumption, `more` its `IORING_CQE_F_BUF_MORE`; returns the offset in the
+    /// buffer where the slice starts. The first slice takes the buffer from the ring. Checks
+    /// everything before changing anything: a refused CQE changes nothing, except that a slice
+    /// that does not fit poisons the buffer (module docs).
+    pub(super) fn take_slice(&mut self, bid: u16, len: u32, more: bool) -> Result<u32, TakeError> {
+        assert!(self.inc, "slice taken from a ring that is not incremental");
+        if bid >= self.count {
+            return Err(TakeError::Unknown(bid));
+        }
+        let first = self.is_in_ring(bid);
+        let state = if first {
+            Slices::default()
+        } else {
+            self.slices[bid as usize]
+        };
+        if state.poisoned {
+            return Err(TakeError::Poisoned(bid));
+        }
+        if state.kernel_done {
+            return Err(TakeError::KernelDone(bid));
+        }
+        if first {
+            let (word, mask) = Self::bit(bid);
+            self.in_ring_bits[word] &= !mask;
+            self.in_ring -= 1;
+        }
+        let end = u64::from(state.consumed) + u64::from(len);
+        let size = self.buf_size as u64;
+        if len == 0 || end > size || (more && end == size) {
+            self.slices[bid as usize] = Slices {
+                poisoned: true,
+                ..state
+            };
+            return Err(TakeError::BeyondBuffer { bid, end });
+        }
+        self.slices[bid as usize] = Slices {
+            consumed: end as u32,
+            outstanding: state.outstanding + 1,
+            kernel_done: !more,
+            poisoned: false,
+        };
+        Ok(state.consumed)
+    }
+
+    /// The engine is done with one use of buffer `bid` (all its bytes sent, or dropped): a whole
+    /// buffer goes back to the ring; under incremental consumption one slice of it is put back,
+    /// and the buffer goes back once the kernel is done with it and no slice is outstanding.
+    ///
+    /// # Panics
+    /// Like [`BufRing::recycle`], and on a slice put back that was never taken.
+    pub(super) fn put(&mut self, bid: u16) {
+        if !self.inc {
+            self.recycle(bid);
+            return;
+        }
+        assert!(
+            bid < self.count && !self.is_in_ring(bid),
+            "slice of provided buffer {bid} put back, but the engine does not hold that buffer"
+        );
+        let state = &mut self.slices[bid as usize];
+        assert!(
+            state.outstanding > 0,
+            "slice of provided buffer {bid} put back, but none is outstanding"
+        );
+        state.outstanding -= 1;
+        if state.outstanding == 0 && state.kernel_done && !state.poisoned {
+            self.recycle(bid);
+        }
+    }
+
+    /// After the group is unregistered and no operation can use a buffer any more: the kernel is
+    /// done with the buffers it had partly consumed, so those without outstanding slices go back
+    /// to the ring (and count as returned). No-op unless incremental.
+    pub(super) fn reclaim_partial(&mut self) {
+        if !self.inc {
+            return;
+        }
+        for bid in 0..self.count {
+            if self.is_in_ring(bid) {
+                continue;
+            }
+            let state = &mut self.slices[bid as usize];
+            state.kernel_done = true;
+            state.poisoned = false;
+            if state.outstanding == 0 {
+                self.recycle(bid);
+            }
+        }
+    }
+
+    /// Buffers the kernel has partly consumed and still uses (or poisoned ones), with no slice
+    /// outstanding: held by nobody but the kernel (0 after [`BufRing::reclaim_partial`], or
+    /// unless incremental).
+    pub(super) fn kernel_partial(&self) -> usize {
+        if !self.inc {
+            return 0;
+        }
+        (0..self.count)
+            .filter(|&bid| {
+                let state = self.slices[bid as usize];
+                !self.is_in_ring(bid)
+                    && (!state.kernel_done || state.poisoned)
+                    && state.outstanding == 0
+            })
+            .count()
     }
 
     /// Makes recycled buffers visible to the kernel. Cheap when nothing changed.
@@ -518,6 +737,139 @@ mod tests {
     fn addr_outside_the_pool_panics() {
         let ring = BufRing::new(4, 64).unwrap();
         let _ = ring.addr(4);
+    }
+
+    fn incremental(count: usize, buf_size: usize) -> BufRing {
+        let mut ring = BufRing::new(count, buf_size).unwrap();
+        ring.enable_incremental();
+        ring
+    }
+
+    #[test]
+    fn incremental_buffer_returns_only_after_the_kernel_and_its_last_slice() {
+        let mut ring = incremental(4, 1000);
+        // Three receives (of any connections) share buffer 0; the kernel keeps using it.
+        assert_eq!(ring.take_slice(0, 100, true), Ok(0));
+        assert_eq!(ring.take_slice(0, 200, true), Ok(100));
+        assert_eq!(ring.take_slice(0, 300, true), Ok(300));
+        assert_eq!(ring.in_ring(), 3, "held from its first slice");
+        // Every slice sent: still the kernel's (its descriptor is at the ring head).
+        ring.put(0);
+        ring.put(0);
+        ring.put(0);
+        assert_eq!(ring.in_ring(), 3);
+        // The kernel fills the rest and is done; back once that last slice is sent too.
+        assert_eq!(ring.take_slice(0, 400, false), Ok(600));
+        assert_eq!(ring.in_ring(), 3);
+        ring.put(0);
+        assert_eq!(ring.in_ring(), 4);
+
+        // The other order: three slices, the kernel done with the third, sends after.
+        assert_eq!(ring.take_slice(1, 10, true), Ok(0));
+        assert_eq!(ring.take_slice(1, 20, true), Ok(10));
+        assert_eq!(
+            ring.take_slice(1, 30, false),
+            Ok(30),
+            "done early (a short buffer)"
+        );
+        assert_eq!(
+            ring.take_slice(1, 5, true),
+            Err(TakeError::KernelDone(1)),
+            "the kernel cannot be using a buffer it finished"
+        );
+        ring.put(1);
+        ring.put(1);
+        assert_eq!(ring.in_ring(), 3, "one slice still outstanding");
+        ring.put(1);
+        assert_eq!(ring.in_ring(), 4);
+        ring.publish();
+        // Recycled, it starts afresh at offset 0.
+        assert_eq!(ring.take_slice(1, 1000, false), Ok(0));
+        ring.put(1);
+        assert_eq!(ring.in_ring(), 4);
+    }
+
+    #[test]
+    fn incremental_refusals_change_nothing_or_poison_the_buffer() {
+        let mut ring = incremental(4, 1000);
+        assert_eq!(ring.take_slice(9, 1, true), Err(TakeError::Unknown(9)));
+        assert_eq!(ring.in_ring(), 4, "nothing changed");
+        assert_eq!(ring.take_slice(1, 600, true), Ok(0));
+        assert_eq!(
+            ring.take_slice(1, 401, true),
+            Err(TakeError::BeyondBuffer { bid: 1, end: 1001 })
+        );
+        // Our offset no longer matches the kernel's: no more slices of it, and it never goes
+        // back while the kernel may write into it.
+        assert_eq!(ring.take_slice(1, 10, false), Err(TakeError::Poisoned(1)));
+        ring.put(1);
+        assert_eq!(ring.in_ring(), 3);
+        // A first slice that does not fit, and BUF_MORE on a full buffer, poison too.
+        assert_eq!(
+            ring.take_slice(2, 1001, false),
+            Err(TakeError::BeyondBuffer { bid: 2, end: 1001 })
+        );
+        assert_eq!(
+            ring.take_slice(3, 1000, true),
+            Err(TakeError::BeyondBuffer { bid: 3, end: 1000 }),
+            "BUF_MORE on a full buffer"
+        );
+        assert_eq!(ring.in_ring(), 1);
+        assert_eq!(ring.kernel_partial(), 3);
+        // Once the group is unregistered the kernel cannot write into them: all come back.
+        ring.reclaim_partial();
+        assert_eq!((ring.in_ring(), ring.kernel_partial()), (4, 0));
+        ring.publish();
+        assert_eq!(ring.take_slice(2, 10, true), Ok(0), "a fresh start");
+    }
+
+    #[test]
+    fn reclaim_returns_partly_consumed_buffers_without_slices() {
+        let mut ring = incremental(4, 1000);
+        ring.take_slice(3, 10, true).unwrap();
+        ring.take_slice(3, 10, true).unwrap();
+        ring.put(3);
+        assert_eq!(ring.kernel_partial(), 0);
+        ring.take_slice(0, 10, true).unwrap();
+        ring.put(0);
+        assert_eq!(
+            ring.kernel_partial(),
+            1,
+            "buffer 0: only the kernel uses it"
+        );
+        ring.reclaim_partial();
+        assert_eq!(ring.kernel_partial(), 0);
+        assert_eq!(ring.in_ring(), 3, "buffer 3: a slice is still outstanding");
+        ring.put(3);
+        assert_eq!(ring.in_ring(), 4, "reclaimed: the kernel is done with both");
+        // Plain rings have nothing to reclaim.
+        let mut plain = BufRing::new(2, 64).unwrap();
+        plain.take(0).unwrap();
+        plain.reclaim_partial();
+        assert_eq!(plain.in_ring(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "none is outstanding")]
+    fn putting_back_a_slice_never_taken_panics() {
+        let mut ring = incremental(4, 1000);
+        ring.take_slice(0, 10, true).unwrap();
+        ring.put(0);
+        ring.put(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not hold that buffer")]
+    fn putting_back_a_slice_of_a_buffer_in_the_ring_panics() {
+        let mut ring = incremental(4, 1000);
+        ring.put(1);
+    }
+
+    #[test]
+    #[should_panic(expected = "bundled run taken from an incremental ring")]
+    fn bundles_are_refused_on_an_incremental_ring() {
+        let mut ring = incremental(4, 1000);
+        let _ = ring.take_run(0, 1);
     }
 
     #[test]

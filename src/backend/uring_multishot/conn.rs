@@ -16,12 +16,15 @@ use std::time::Instant;
 
 use crate::policy::{Admitted, IdleStamp};
 
-/// A received buffer awaiting echo.
+/// Received bytes awaiting echo: a whole provided buffer, or under incremental consumption
+/// (`buf_ring`) one slice of one.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Chunk {
     /// Provided-buffer id.
     pub(super) bid: u16,
-    /// Bytes the kernel wrote into it.
+    /// Where the bytes start in the buffer (0 unless incremental).
+    pub(super) off: u32,
+    /// Bytes the kernel wrote there (`off + len` <= the buffer size, checked by `buf_ring`).
     pub(super) len: u32,
 }
 
@@ -58,7 +61,7 @@ pub(super) struct Conn {
     /// Zero-copy sends whose notification has not arrived (the kernel may still read the
     /// buffers they sent from): +1 per completion with `F_MORE`, -1 per notification.
     pub(super) zc_notifs: i32,
-    /// Buffers fully sent zero-copy, returned to the ring when `zc_notifs` drops to 0. Counted
+    /// Buffers (or slices) fully sent zero-copy, put back when `zc_notifs` drops to 0. Counted
     /// with `queue` against the per-connection cap. Never allocated unless `send_zc` is on.
     pub(super) zc_held: Vec<u16>,
     /// The fd was closed (its `Close` completed); the slot waits for the last notification.
@@ -104,6 +107,7 @@ impl Conn {
     }
 
     /// Buffers this connection holds: queued for sending, or sent zero-copy and not notified.
+    /// Under incremental consumption these are slices, each pinning its buffer (`buf_ring`).
     #[inline]
     pub(super) fn buffers(&self) -> usize {
         self.queue.len() + self.zc_held.len()

@@ -10,6 +10,11 @@
 //! stays mapped for the life of the process (a leak of one worker's pool, bounded, at exit or
 //! after a ring failure), and the [`Report`] says so. The abandoned sockets' fds, for which no
 //! io_uring `Close` was submitted, are closed by hand once the ring is gone.
+//!
+//! Under incremental consumption (`buf_ring`), a buffer the kernel had partly filled when the
+//! loop ended is still its own until the group is unregistered; after a clean teardown it goes
+//! back with the others ([`BufRing::reclaim_partial`]), so "every buffer back" still means
+//! `buffers_in_ring == buffers`.
 
 use std::io;
 use std::marker::PhantomData;
@@ -47,6 +52,7 @@ pub struct Report {
     /// buffer was lost.
     pub buffers_in_ring: usize,
     /// Buffers still held by abandoned connections (not returned: an operation may use them).
+    /// A buffer whose slices several of them hold counts once.
     pub buffers_abandoned: usize,
     /// Connections whose operations had not completed when the engine gave up on them (drain
     /// grace over, or a ring failure); their fds were closed after the ring was dropped.
@@ -83,6 +89,9 @@ pub struct Report {
     /// Zero-copy notifications received (each returned its connection's held buffers once its
     /// count of pending ones reached zero).
     pub zc_notifications: u64,
+    /// Receive CQEs that left the rest of their buffer to later receives
+    /// (`IORING_CQE_F_BUF_MORE`; `buf_ring_inc` in use).
+    pub buf_more: u64,
     /// Receives that ended with ENOBUFS (pool empty) and parked their connection.
     pub parks: u64,
 }
@@ -130,8 +139,30 @@ impl Engine {
             ];
             io::Error::new(e.kind(), probe::explain_setup_error(&e, &flags))
         })?;
+        let mut features = probe::features();
         let mut bufs = BufRing::new(params.buffers, params.buffer_size)?;
-        bufs.register(&ring.submitter()).map_err(|e| {
+        let registered = if params.buf_ring_inc && features.has(Feature::BufRingInc) {
+            bufs.register_incremental(&ring.submitter()).or_else(|e| {
+                // Nothing was registered: the plain ring is the fallback.
+                tracing::warn!(
+                    error = %e,
+                    "cannot register the provided buffer ring for incremental consumption \
+                     (IOU_PBUF_RING_INC); using the plain ring"
+                );
+                features.set(Feature::BufRingInc, false);
+                bufs.register(&ring.submitter())
+            })
+        } else {
+            if params.buf_ring_inc {
+                tracing::warn!(
+                    "buf_ring_inc asked for, but this kernel has no IOU_PBUF_RING_INC (Linux {}); \
+                     using the plain provided-buffer ring",
+                    Feature::BufRingInc.since()
+                );
+            }
+            bufs.register(&ring.submitter())
+        };
+        registered.map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -141,7 +172,6 @@ impl Engine {
                 ),
             )
         })?;
-        let mut features = probe::features();
         if params.no_sqarray {
             features.set(Feature::NoSqarray, !sqarray_refused);
         }
@@ -168,6 +198,14 @@ impl Engine {
         }
         check_required(&params, &features)?;
         let usage = params.usage(&features);
+        // The registration decided it; the loop's offsets depend on the two agreeing.
+        assert_eq!(usage.uses(Feature::BufRingInc), bufs.is_incremental());
+        if params.bundle && usage.uses(Feature::BufRingInc) {
+            tracing::warn!(
+                "bundle and buf_ring_inc both asked for: buf_ring_inc wins, receives are not \
+                 bundled"
+            );
+        }
         Ok(Engine {
             ring,
             bufs,
@@ -214,6 +252,7 @@ impl Engine {
             min_wait: usage.uses(Feature::MinWait),
             send_zc: usage.uses(Feature::SendZc),
             bundle: usage.uses(Feature::Bundle),
+            buf_ring_inc: bufs.is_incremental(),
         };
         let (mut submitter, queue, mut cq) = ring.split();
         // Every `io_uring_enter` of the loop goes through this submitter, so the registered
@@ -242,7 +281,18 @@ impl Engine {
         lp.sq.submit_all();
         let abandoned = lp.conns.len();
         let touching = lp.conns.iter().any(|(_, c)| c.touches_buffers());
-        let buffers_abandoned = lp.conns.iter().map(|(_, c)| c.buffers()).sum();
+        // Distinct buffers: under incremental consumption several slices may share one.
+        let buffers_abandoned = lp
+            .conns
+            .iter()
+            .flat_map(|(_, c)| {
+                c.queue
+                    .iter()
+                    .map(|chunk| chunk.bid)
+                    .chain(c.zc_held.iter().copied())
+            })
+            .collect::<std::collections::HashSet<u16>>()
+            .len();
         let fds: Vec<RawFd> = lp
             .conns
             .iter()
@@ -254,7 +304,9 @@ impl Engine {
             tracing::warn!(error = %err, "cannot unregister the provided buffer ring");
         }
         if unregistered.is_ok() && !touching {
-            // No buffer can be picked any more and no op holds one: the memory is ours again.
+            // No buffer can be picked any more and no op holds one: the memory is ours again,
+            // and so are the buffers the kernel had partly consumed.
+            lp.bufs.reclaim_partial();
             lp.bufs.release();
         }
         if ring_fd {
@@ -281,7 +333,9 @@ impl Engine {
         let report = Report {
             buffers: bufs.count(),
             buffers_in_ring: bufs.in_ring(),
-            buffers_abandoned,
+            // Partly consumed buffers no slice refers to, when they could not be reclaimed, are
+            // left to the kernel like the abandoned connections' ones.
+            buffers_abandoned: buffers_abandoned + bufs.kernel_partial(),
             connections_abandoned: abandoned,
             pool_bytes_leaked: bufs.bytes_to_leak(),
             recv_budget,
@@ -296,6 +350,7 @@ impl Engine {
             recv_bundles: tally.recv_bundles,
             sends_zc: tally.sends_zc,
             zc_notifications: tally.zc_notifications,
+            buf_more: tally.buf_more,
             parks: tally.parks,
         };
         drop(bufs); // unmaps, or leaks if the kernel may still use the memory

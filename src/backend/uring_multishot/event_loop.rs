@@ -73,6 +73,8 @@ pub(super) struct Tally {
     /// Of `sends`, zero-copy ones.
     pub(super) sends_zc: u64,
     pub(super) zc_notifications: u64,
+    /// Receive CQEs with `IORING_CQE_F_BUF_MORE` (incremental consumption).
+    pub(super) buf_more: u64,
 }
 
 /// How the loop does what the kernel offers in several ways, decided at start from the engine's
@@ -94,6 +96,9 @@ pub(super) struct Modes {
     /// Budgeted receives are bundled; every buffer is taken in ring order
     /// ([`BufRing::take_run`]).
     pub(super) bundle: bool,
+    /// The pool is consumed incrementally: receives bring slices ([`BufRing::take_slice`]);
+    /// never together with `bundle`.
+    pub(super) buf_ring_inc: bool,
 }
 
 /// One worker's event loop state, borrowed from its [`Engine`](super::Engine) for one run.

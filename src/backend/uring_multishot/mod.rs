@@ -71,6 +71,12 @@
 //!   bundle bugs that reordered buffers); a refused run fails the connection, never the echo.
 //!   The cap is checked after each CQE, so one bundle may take a connection past it by the
 //!   rest of its byte budget; the budget still bounds it.
+//! - `buf_ring_inc` (off by default; wins over `bundle`): the pool is registered with
+//!   `IOU_PBUF_RING_INC`, so a receive takes only the bytes it needs and the next receive, of
+//!   any connection, continues in the same buffer. Each receive is a slice, echoed on its own;
+//!   a buffer goes back to the ring once the kernel is done with it (a CQE without
+//!   `IORING_CQE_F_BUF_MORE`) and its last slice is sent. The cap counts slices. Invariants and
+//!   what the kernel guarantees: `buf_ring`.
 
 mod accept;
 mod batch;

@@ -6,7 +6,9 @@
 //!   socket). Received buffers wait in the connection's FIFO; a short send is resubmitted for
 //!   the rest.
 //! - A buffer returns to the ring only when all its bytes were sent, or when no send refers to
-//!   it any more (the connection died, or the CQE names a connection that is gone).
+//!   it any more (the connection died, or the CQE names a connection that is gone); under
+//!   incremental consumption, only when that holds for every slice of it and the kernel is done
+//!   with it (`buf_ring`).
 //! - Backpressure: a connection never holds more than `max_queued_buffers` buffers (the cap),
 //!   however fast its client writes and however little it reads, so one client cannot starve
 //!   the others of the worker's shared pool. Two ways to receive keep that bound:
@@ -30,7 +32,9 @@
 //!   first refusal each fall back on their own CQE; none fails its connection.
 //! - What a connection holds is its queue plus the buffers its zero-copy sends still wait on
 //!   (`Conn::buffers`; `send_zc` in the module docs of the engine): both count against the cap.
-//!   A bundled receive CQE (`bundle`) queues every buffer it filled, in ring order.
+//!   A bundled receive CQE (`bundle`) queues every buffer it filled, in ring order. Under
+//!   incremental consumption (`buf_ring_inc`) a receive CQE queues one slice of a buffer that
+//!   other receives may share; the cap counts slices, each pinning its buffer (`buf_ring`).
 //! - A recv that ends with `ENOBUFS` (pool empty) parks its connection; parked connections are
 //!   re-armed once buffers come back (at most one per free buffer per loop iteration).
 //! - A connection's fd is closed by an io_uring `Close` only after every other op for it has
@@ -47,30 +51,41 @@ use super::params::ZC_MIN_SEND;
 use super::sq::{user_data, with_recv_budget, Op};
 use crate::policy::ErrorKind;
 
-/// The front buffer of `conn` left its queue (sent, or dropped): back to the ring, unless a
-/// zero-copy send read from it and the connection still waits for a notification; then it
-/// waits in `zc_held` for the last one (the kernel may still read it).
+/// The front buffer (or slice) of `conn` left its queue (sent, or dropped): put back
+/// ([`BufRing::put`]), unless a zero-copy send read from it and the connection still waits for a
+/// notification; then it waits in `zc_held` for the last one (the kernel may still read it).
 fn release_front(conn: &mut Conn, bufs: &mut BufRing, bid: u16) {
     if std::mem::take(&mut conn.front_zc) && conn.zc_notifs > 0 {
         conn.zc_held.push(bid);
     } else {
-        bufs.recycle(bid);
+        bufs.put(bid);
     }
 }
 
-/// Buffer `i` of a run taken by [`Loop::take_buffers`]: with bundles the ring position `start`
-/// onwards, else the one buffer `first`.
+/// What one receive CQE brought, taken by [`Loop::take_buffers`].
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// The buffer the CQE names.
+    first: u16,
+    /// With bundles, the ring position of `first` (the run's other buffers follow it).
+    start: Option<u16>,
+    /// Under incremental consumption, where the data starts in `first`; else 0.
+    off: u32,
+}
+
+/// Buffer `i` of `run`: with bundles the ring position `start` onwards, else the one buffer
+/// `first`.
 #[inline]
-fn run_bid(bufs: &BufRing, start: Option<u16>, first: u16, i: u16) -> u16 {
-    match start {
+fn run_bid(bufs: &BufRing, run: Run, i: u16) -> u16 {
+    match run.start {
         Some(start) => bufs.bid_at(start.wrapping_add(i)),
-        None => first,
+        None => run.first,
     }
 }
 
 impl Loop<'_, '_> {
-    /// How many provided buffers a receive of `res > 0` bytes filled: one, or with bundles all
-    /// it needed.
+    /// How many provided buffers a receive of `res > 0` bytes filled: one (under incremental
+    /// consumption, one slice of one), or with bundles all it needed.
     #[inline]
     fn buffers_in(&self, res: i32) -> u16 {
         if self.modes.bundle {
@@ -80,20 +95,28 @@ impl Loop<'_, '_> {
         }
     }
 
-    /// Takes the buffers a receive CQE names (see `buf_ring`): with bundles the run of `n` at
-    /// the ring head starting with `first` (its ring position is returned), else `first` alone.
+    /// Takes the buffers a receive CQE of `res > 0` bytes and `flags` names (see `buf_ring`):
+    /// under incremental consumption the slice of `first` it filled; with bundles the run of `n`
+    /// at the ring head starting with `first`; else `first` alone.
     #[inline]
-    fn take_buffers(&mut self, first: u16, n: u16) -> Result<Option<u16>, TakeError> {
-        if self.modes.bundle {
-            self.bufs.take_run(first, n).map(Some)
+    fn take_buffers(&mut self, first: u16, n: u16, res: i32, flags: u32) -> Result<Run, TakeError> {
+        let mut run = Run {
+            first,
+            start: None,
+            off: 0,
+        };
+        if self.modes.buf_ring_inc {
+            let more = cqueue::buffer_more(flags);
+            run.off = self.bufs.take_slice(first, res as u32, more)?;
+            if more {
+                self.tally.buf_more += 1;
+            }
+        } else if self.modes.bundle {
+            run.start = Some(self.bufs.take_run(first, n)?);
         } else {
-            self.bufs.take(first).map(|()| None)
+            self.bufs.take(first)?;
         }
-    }
-
-    /// [`run_bid`] for a method that holds no other borrow.
-    fn run_bid(&self, start: Option<u16>, first: u16, i: u16) -> u16 {
-        run_bid(self.bufs, start, first, i)
+        Ok(run)
     }
 
     /// Arms the connection's receive: budgeted multishot or single-shot (module docs).
@@ -151,8 +174,13 @@ impl Loop<'_, '_> {
             return;
         };
         debug_assert!(!conn.send_in_flight && conn.sent < chunk.len);
-        // SAFETY (pointer arithmetic): sent < len <= buffer size, inside buffer `bid`.
-        let ptr = unsafe { self.bufs.addr(chunk.bid).add(conn.sent as usize) };
+        // SAFETY (pointer arithmetic): off + sent < off + len <= buffer size (`take_slice` checks
+        // the slice; a whole buffer has off 0), so the pointer stays inside buffer `bid`.
+        let ptr = unsafe {
+            self.bufs
+                .addr(chunk.bid)
+                .add(chunk.off as usize + conn.sent as usize)
+        };
         let len = chunk.len - conn.sent;
         let entry = if self.modes.send_zc && len >= ZC_MIN_SEND {
             conn.front_zc = true;
@@ -188,11 +216,11 @@ impl Loop<'_, '_> {
             tracing::error!(slot, res, "recv CQE for a free slot");
             if let Some(bid) = cqueue::buffer_select(flags).filter(|_| res > 0) {
                 let n = self.buffers_in(res);
-                match self.take_buffers(bid, n) {
-                    Ok(start) => {
+                match self.take_buffers(bid, n, res, flags) {
+                    Ok(run) => {
                         for i in 0..n {
-                            let bid = self.run_bid(start, bid, i);
-                            self.bufs.recycle(bid);
+                            let bid = run_bid(self.bufs, run, i);
+                            self.bufs.put(bid);
                         }
                     }
                     Err(err) => tracing::error!(slot, ?err, "recv CQE names a bad buffer"),
@@ -208,13 +236,10 @@ impl Loop<'_, '_> {
             // One buffer, or with bundles as many as the bytes fill (all full but the last).
             let n = self.buffers_in(res);
             let taken = match cqueue::buffer_select(flags) {
-                Some(bid) => self
-                    .take_buffers(bid, n)
-                    .map(|start| (bid, start))
-                    .map_err(Some),
+                Some(bid) => self.take_buffers(bid, n, res, flags).map_err(Some),
                 None => Err(None),
             };
-            let (first, start) = match taken {
+            let run = match taken {
                 Ok(taken) => taken,
                 Err(err) => {
                     tracing::error!(slot, res, flags, ?err, "recv CQE without a valid buffer");
@@ -231,16 +256,18 @@ impl Loop<'_, '_> {
             let buf_size = self.bufs.buf_size() as u32;
             if conn.dead {
                 for i in 0..n {
-                    let bid = run_bid(self.bufs, start, first, i);
-                    self.bufs.recycle(bid);
+                    let bid = run_bid(self.bufs, run, i);
+                    self.bufs.put(bid);
                 }
             } else {
                 let mut left = res as u32;
                 for i in 0..n {
-                    let bid = run_bid(self.bufs, start, first, i);
-                    let len = left.min(buf_size);
+                    let bid = run_bid(self.bufs, run, i);
+                    // Only the first buffer of a run can start mid-buffer (a slice).
+                    let off = if i == 0 { run.off } else { 0 };
+                    let len = left.min(buf_size - off);
                     left -= len;
-                    conn.queue.push_back(Chunk { bid, len });
+                    conn.queue.push_back(Chunk { bid, off, len });
                 }
                 conn.idle.progress();
                 if conn.send_in_flight {
@@ -362,7 +389,7 @@ impl Loop<'_, '_> {
         }
         // No zero-copy send of this connection is still read by the kernel.
         for bid in conn.zc_held.drain(..) {
-            self.bufs.recycle(bid);
+            self.bufs.put(bid);
         }
         if conn.closed {
             self.remove_closed(slot);
@@ -387,7 +414,7 @@ impl Loop<'_, '_> {
         if let Some(mut conn) = self.conns.try_remove(slot) {
             debug_assert!(conn.zc_notifs == 0 && conn.zc_held.is_empty());
             while let Some(chunk) = conn.queue.pop_front() {
-                self.bufs.recycle(chunk.bid);
+                self.bufs.put(chunk.bid);
             }
             self.counts.closed += 1;
             // Dropping `conn` releases its place in the connection count.
@@ -437,7 +464,7 @@ impl Loop<'_, '_> {
                 if conn.queue.is_empty() {
                     release_front(conn, self.bufs, chunk.bid);
                 } else {
-                    self.bufs.recycle(chunk.bid);
+                    self.bufs.put(chunk.bid);
                 }
             }
         }

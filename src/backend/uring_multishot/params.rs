@@ -74,6 +74,10 @@ pub struct Params {
     /// provided buffers) where the kernel has bundles and the receive budget is in use (default
     /// off; `--feature bundle=on`).
     pub bundle: bool,
+    /// Register the pool with `IOU_PBUF_RING_INC` where the kernel has it, so receives take only
+    /// the bytes they need from a buffer (default off; `--feature buf_ring_inc=on`). Wins over
+    /// `bundle`: with both, bundles are off.
+    pub buf_ring_inc: bool,
 }
 
 /// The smallest send `--feature send_zc=on` sends zero-copy: below it, pinning the pages and the
@@ -131,6 +135,7 @@ impl Params {
             ring_fd: true,
             send_zc: false,
             bundle: false,
+            buf_ring_inc: false,
         }
     }
 
@@ -150,6 +155,7 @@ impl Params {
         p.ring_fd = switch(Feature::RingFd, p.ring_fd);
         p.send_zc = switch(Feature::SendZc, p.send_zc);
         p.bundle = switch(Feature::Bundle, p.bundle);
+        p.buf_ring_inc = switch(Feature::BufRingInc, p.buf_ring_inc);
         p
     }
 
@@ -161,7 +167,8 @@ impl Params {
     /// `min_wait`, `--batch-wait` waits with a plain timeout; without `no_sqarray`, the ring keeps
     /// its SQ index array; without `ring_fd`, `io_uring_enter` takes the ring's fd; without
     /// `send_zc`, every send copies; without `bundle` (or without the budget), one buffer per
-    /// receive CQE. The required features have none.
+    /// receive CQE; without `buf_ring_inc`, every receive takes a whole buffer. The required
+    /// features have none.
     pub fn usage(&self, features: &Features) -> Usage {
         let mut u = Usage::new();
         for feature in REQUIRED {
@@ -183,13 +190,15 @@ impl Params {
         u.decide(Feature::NoSqarray, self.no_sqarray, features);
         u.decide(Feature::RingFd, self.ring_fd, features);
         u.decide(Feature::SendZc, self.send_zc, features);
+        // Incremental consumption wins over bundles: a bundle's CQE names only its first
+        // buffer, and which buffers (and which parts of them) the rest of it filled would have
+        // to be read back from descriptors the kernel rewrites in that mode (`buf_ring`).
+        let inc = u.decide(Feature::BufRingInc, self.buf_ring_inc, features);
         // Bundles only for the budgeted receive, whose byte budget bounds what one bundle
         // takes; the single-shot fallback receives one buffer at a time by design.
-        u.decide(Feature::Bundle, self.bundle && budget, features);
-        // Not used by this engine yet: listed as off where the kernel has them.
-        for feature in [Feature::RegRegRing, Feature::BufRingInc] {
-            u.decide(feature, false, features);
-        }
+        u.decide(Feature::Bundle, self.bundle && budget && !inc, features);
+        // Not used by this engine yet: listed as off where the kernel has it.
+        u.decide(Feature::RegRegRing, false, features);
         u
     }
 
@@ -329,6 +338,22 @@ mod tests {
         let u = switched.usage(&new);
         assert!(u.off().contains(&Feature::NoSqarray) && u.off().contains(&Feature::RingFd));
         assert!(u.uses(Feature::SendZc) && u.uses(Feature::Bundle));
+        // Incremental consumption: off by default, missing where the kernel lacks it, and it
+        // wins over bundles.
+        assert!(!u.uses(Feature::BufRingInc) && !u.off().contains(&Feature::BufRingInc));
+        switched.buf_ring_inc = true;
+        let u = switched.usage(&new);
+        assert!(u.missing().contains(&Feature::BufRingInc) && u.uses(Feature::Bundle));
+        let mut inc_kernel = new;
+        inc_kernel.set(Feature::BufRingInc, true);
+        assert!(Params::new(4096)
+            .usage(&inc_kernel)
+            .off()
+            .contains(&Feature::BufRingInc));
+        let u = switched.usage(&inc_kernel);
+        assert!(u.uses(Feature::BufRingInc));
+        assert!(!u.uses(Feature::Bundle) && u.off().contains(&Feature::Bundle));
+        switched.buf_ring_inc = false;
         // Bundles need the budgeted receive.
         switched.recv_budget = RecvBudget::Off;
         assert!(switched.usage(&new).off().contains(&Feature::Bundle));
