@@ -172,11 +172,13 @@ pub struct Cli {
     #[arg(long)]
     pub fixed_buffers: bool,
 
-    /// (uring-multishot) How each loop waits for completions: adaptive, off, or N,DUR [default: adaptive]
+    /// (uring-multishot) How each loop waits for completions: inline, adaptive, off, or N,DUR [default: inline]
     ///
-    /// adaptive: never sleeps past work it knows of, and waits for more than one completion only
-    /// while completions keep arriving in bulk (then for at most a few tens of µs), so a lone
-    /// connection pays no latency for it. off: wait for one completion per loop (no batching).
+    /// inline: counts the completions of sends that finish during the submit into the wait and
+    /// never sleeps past work it knows of; no timer. adaptive: inline, plus, while completions
+    /// keep arriving in bulk, a wait for about as many more bounded by a 20 µs timer (fewer
+    /// io_uring_enter calls; on a VM the timer and the extra sleeps cost more CPU and latency
+    /// than they save, see bench/README.md). off: wait for one completion per loop.
     /// N,DUR (e.g. 32,200us): always wait for N completions or DUR — fewer wake-ups under load,
     /// at the price of up to DUR of extra latency whenever fewer than N are pending.
     #[arg(long, value_name = "POLICY", value_parser = parse_batch_policy)]
@@ -243,8 +245,11 @@ pub fn parse_feature_switch(s: &str) -> Result<FeatureSwitch, String> {
 pub enum BatchPolicy {
     /// One completion per wait: no batching at all.
     Off,
-    /// Batching that adapts to what the engine observes (the default).
+    /// Inline send completions counted into the wait, never a timer (the default).
     #[default]
+    Inline,
+    /// `Inline`, plus a busy mode that waits (`min_wait`-bounded) for more completions while
+    /// they keep arriving in bulk.
     Adaptive,
     /// A fixed batch: always wait for N completions or DUR.
     Fixed(BatchWait),
@@ -255,6 +260,7 @@ impl fmt::Display for BatchPolicy {
         match self {
             BatchPolicy::Off => f.write_str("off"),
             BatchPolicy::Adaptive => f.write_str("adaptive"),
+            BatchPolicy::Inline => f.write_str("inline"),
             BatchPolicy::Fixed(bw) => write!(f, "{},{:?}", bw.min_completions, bw.timeout),
         }
     }
@@ -508,10 +514,11 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Parses `--batch-wait`: `adaptive`, `off`, or `N,DUR` ([`parse_batch_wait`]).
+/// Parses `--batch-wait`: `inline`, `adaptive`, `off`, or `N,DUR` ([`parse_batch_wait`]).
 pub fn parse_batch_policy(s: &str) -> Result<BatchPolicy, String> {
     match s.trim() {
         "adaptive" => Ok(BatchPolicy::Adaptive),
+        "inline" => Ok(BatchPolicy::Inline),
         "off" => Ok(BatchPolicy::Off),
         _ => parse_batch_wait(s).map(BatchPolicy::Fixed),
     }
@@ -520,7 +527,7 @@ pub fn parse_batch_policy(s: &str) -> Result<BatchPolicy, String> {
 /// Parses `N,DUR`: at least one completion, and a duration of 1us..=1s (a bare number is
 /// seconds, as for every duration).
 pub fn parse_batch_wait(s: &str) -> Result<BatchWait, String> {
-    let usage = || format!("{s:?} is not adaptive, off or N,DURATION (example: 8,100us)");
+    let usage = || format!("{s:?} is not inline, adaptive, off or N,DURATION (example: 8,100us)");
     let (n, dur) = s.split_once(',').ok_or_else(usage)?;
     let min_completions: u32 = n.trim().parse().map_err(|_| usage())?;
     let timeout = parse_duration(dur).map_err(|e| format!("{s:?}: {e}"))?;
@@ -577,16 +584,17 @@ mod tests {
         };
         assert_eq!(multishot("off"), Ok(BatchPolicy::Off));
         assert_eq!(multishot("adaptive"), Ok(BatchPolicy::Adaptive));
+        assert_eq!(multishot("inline"), Ok(BatchPolicy::Inline));
         assert_eq!(
             config(&["--runtime", "uring-multishot"])
                 .unwrap()
                 .uring
                 .batch_wait,
-            BatchPolicy::Adaptive,
-            "adaptive by default"
+            BatchPolicy::Inline,
+            "inline by default"
         );
         assert!(parse_batch_policy("sometimes").is_err());
-        for value in ["4,50us", "off", "adaptive"] {
+        for value in ["4,50us", "off", "adaptive", "inline"] {
             let err = config(&["--runtime", "uring", "--batch-wait", value]).unwrap_err();
             assert!(err.to_string().contains("uring-multishot only"), "{err}");
         }

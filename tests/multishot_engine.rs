@@ -829,7 +829,12 @@ fn every_batch_policy_keeps_echo_correct_for_ping_pong_and_streams() {
         min_completions: 8,
         timeout: Duration::from_micros(200),
     });
-    for policy in [BatchPolicy::Off, BatchPolicy::Adaptive, fixed] {
+    for policy in [
+        BatchPolicy::Off,
+        BatchPolicy::Inline,
+        BatchPolicy::Adaptive,
+        fixed,
+    ] {
         let mut p = params();
         p.batch_wait = policy;
         // The wait's minimum (Linux 6.12) where the kernel has it, else a plain timeout (fixed)
@@ -873,14 +878,14 @@ fn every_batch_policy_keeps_echo_correct_for_ping_pong_and_streams() {
     }
 }
 
-/// A lone ping-pong connection: the adaptive wait counts the inline send completion in, so each
-/// message costs one wait (`io_uring_enter`) instead of two, and it never batches (no timer, no
-/// added latency). Counted, not timed.
+/// A lone ping-pong connection: the inline (default) and adaptive waits count the inline send
+/// completion in, so each message costs one wait (`io_uring_enter`) instead of two, and they
+/// never batch (no timer, no added latency). Counted, not timed.
 #[test]
-fn adaptive_wait_makes_one_enter_per_ping_pong_message() {
+fn inline_and_adaptive_waits_make_one_enter_per_ping_pong_message() {
     let _g = FD_LOCK.read().unwrap();
     let mut per_message = Vec::new();
-    for policy in [BatchPolicy::Off, BatchPolicy::Adaptive] {
+    for policy in [BatchPolicy::Off, BatchPolicy::Inline, BatchPolicy::Adaptive] {
         let mut p = params();
         p.batch_wait = policy;
         p.tick = Duration::from_secs(3); // no tick wake-ups among the counted waits
@@ -910,20 +915,27 @@ fn adaptive_wait_makes_one_enter_per_ping_pong_message() {
         "off: a wait for the send, one for the data: {per_message:?}"
     );
     assert!(
-        per_message[1] < 1.2,
-        "adaptive: one wait per message: {per_message:?}"
+        per_message[1] < 1.2 && per_message[2] < 1.2,
+        "inline, adaptive: one wait per message: {per_message:?}"
     );
 }
 
-/// The adaptive wait must never sleep past work whose only trigger is a completion it counted
-/// in: with a 3 s tick, such a sleep would outlast the client's 2 s read timeout. Covers a
-/// close after the last send (half-close), data queued behind a send (streams larger than the
-/// socket buffers), a pool too small for the load (parked connections), and many connections.
+/// The inline and adaptive waits must never sleep past work whose only trigger is a completion
+/// they counted in: with a 3 s tick, such a sleep would outlast the client's 2 s read timeout.
+/// Covers a close after the last send (half-close), data queued behind a send (streams larger
+/// than the socket buffers), a pool too small for the load (parked connections), and many
+/// connections.
 #[test]
-fn adaptive_wait_never_sleeps_past_known_work() {
+fn inline_and_adaptive_waits_never_sleep_past_known_work() {
     let _g = FD_LOCK.read().unwrap();
+    for policy in [BatchPolicy::Inline, BatchPolicy::Adaptive] {
+        never_sleeps_past_known_work(policy);
+    }
+}
+
+fn never_sleeps_past_known_work(policy: BatchPolicy) {
     let mut p = params();
-    p.batch_wait = BatchPolicy::Adaptive;
+    p.batch_wait = policy;
     p.tick = Duration::from_secs(3);
     p.buffer_size = 4096;
     p.buffers = 16;

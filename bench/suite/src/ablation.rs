@@ -3,8 +3,8 @@
 //! One echo-bench comparison per ablation cell holds the default engine (default flags) first
 //! and one variant per optional feature, each flipping exactly one thing from the default, so
 //! every figure is a per-round ratio against the default measured in the same round:
-//! - the batching policy: every policy of `--batch-wait` other than the default (adaptive): `off`
-//!   and the fixed batch [`FIXED_BATCH`];
+//! - the batching policy: every policy of `--batch-wait` other than the default (`inline`): `off`,
+//!   `adaptive` and the fixed batch [`FIXED_BATCH`];
 //! - every switchable `--feature` (`uring_echo::config::SWITCHABLE_FEATURES`, read at build time
 //!   from the server's own library, so a feature added there is ablated without edits here),
 //!   flipped from what the default does on this kernel, as the server's `features:` line says:
@@ -21,8 +21,8 @@ use echo_bench::compare::{significance, Significance, Summary};
 /// `multishot-batch`: chosen from a sweep at 50 × 4 KiB, see bench/README.md).
 pub const FIXED_BATCH: &str = "32,200us";
 
-/// The three `--batch-wait` policies the ablation knows.
-pub const BATCH_POLICIES: [&str; 3] = ["off", "adaptive", FIXED_BATCH];
+/// The `--batch-wait` policies the ablation knows.
+pub const BATCH_POLICIES: [&str; 4] = ["off", "inline", "adaptive", FIXED_BATCH];
 
 /// A server's `features:` line, split into its lists.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub fn variants(
 
 fn batch_words(policy: &str) -> String {
     match policy {
-        "adaptive" | "off" => policy.into(),
+        "adaptive" | "inline" | "off" => policy.into(),
         fixed => format!("fixed {fixed}"),
     }
 }
@@ -326,13 +326,14 @@ mod tests {
     #[test]
     fn every_switchable_feature_is_flipped_from_its_default_on_6_18() {
         let f = parse_features_line(LINE_618).unwrap();
-        let (v, unavailable) = variants(&f, &SWITCHABLE, "adaptive");
+        let (v, unavailable) = variants(&f, &SWITCHABLE, "inline");
         assert!(unavailable.is_empty(), "{unavailable:?}");
         let names: Vec<&str> = v.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(
             names,
             [
                 "batch=off",
+                "batch=adaptive",
                 "batch=32_200us",
                 "recv_budget=off",
                 "no_sqarray=on",
@@ -342,21 +343,25 @@ mod tests {
                 "send_zc=on"
             ]
         );
-        let budget = &v[2];
+        let budget = &v[3];
         assert_eq!(budget.args, ["--feature", "recv_budget=off"]);
         assert!(budget.default_has_subject);
         assert_eq!(budget.expect, Some(("recv_budget".into(), false)));
-        let bundle = &v[5];
+        let bundle = &v[6];
         assert_eq!(bundle.args, ["--feature", "bundle=on"]);
         assert!(!bundle.default_has_subject);
         assert_eq!(bundle.flips, "--feature bundle=on (off by default)");
-        // Batching: off removes the default's adaptive batching; the fixed batch replaces it.
+        // Batching: off removes the default's inline batching; adaptive and the fixed batch
+        // replace it.
         assert_eq!(v[0].args, ["--batch-wait", "off"]);
-        assert_eq!(v[0].subject, "adaptive batching");
+        assert_eq!(v[0].subject, "inline batching");
         assert!(v[0].default_has_subject);
-        assert_eq!(v[1].args, ["--batch-wait", "32,200us"]);
-        assert_eq!(v[1].subject, "fixed 32,200us batching instead of adaptive");
+        assert_eq!(v[1].args, ["--batch-wait", "adaptive"]);
+        assert_eq!(v[1].subject, "adaptive batching instead of inline");
         assert!(!v[1].default_has_subject);
+        assert_eq!(v[2].args, ["--batch-wait", "32,200us"]);
+        assert_eq!(v[2].subject, "fixed 32,200us batching instead of inline");
+        assert!(!v[2].default_has_subject);
         // echo-bench names: no commas, spaces or slashes.
         assert!(v
             .iter()
@@ -366,11 +371,17 @@ mod tests {
     #[test]
     fn features_the_kernel_lacks_are_listed_not_run() {
         let f = parse_features_line(LINE_61).unwrap();
-        let (v, unavailable) = variants(&f, &SWITCHABLE, "adaptive");
+        let (v, unavailable) = variants(&f, &SWITCHABLE, "inline");
         let names: Vec<&str> = v.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(
             names,
-            ["batch=off", "batch=32_200us", "ring_fd=on", "send_zc=on"]
+            [
+                "batch=off",
+                "batch=adaptive",
+                "batch=32_200us",
+                "ring_fd=on",
+                "send_zc=on"
+            ]
         );
         let missing: Vec<(&str, bool)> = unavailable
             .iter()
@@ -395,8 +406,8 @@ mod tests {
         let f = parse_features_line(LINE_618).unwrap();
         let (v, _) = variants(&f, &[], "off");
         let names: Vec<&str> = v.iter().map(|v| v.name.as_str()).collect();
-        assert_eq!(names, ["batch=adaptive", "batch=32_200us"]);
-        assert_eq!(v[0].subject, "adaptive batching");
+        assert_eq!(names, ["batch=inline", "batch=adaptive", "batch=32_200us"]);
+        assert_eq!(v[0].subject, "inline batching");
         assert!(!v[0].default_has_subject);
     }
 

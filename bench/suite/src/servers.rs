@@ -1,7 +1,7 @@
 //! Which servers a cell compares, and how each is started.
 //!
-//! Ours: `uring-multishot` (the raw io_uring engine with its default flags, adaptive batching
-//! included), `multishot-off` (the same engine with `--batch-wait off`: today's engine without
+//! Ours: `uring-multishot` (the raw io_uring engine with its default flags, its default
+//! `--batch-wait` included), `multishot-off` (the same engine with `--batch-wait off`: today's engine without
 //! batching, the baseline of the latency targets), `uring` (tokio-uring), `epoll` (tokio) and
 //! `floor` (bench/epoll-floor, a runtime-free epoll server). The peers (`bench/peers/`: monoio,
 //! compio, tokio-uring's example, plain tokio, glommio) are other runtimes' echo loops, found as

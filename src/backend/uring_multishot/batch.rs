@@ -4,18 +4,22 @@
 //! socket with room complete *inline*, during that submit, so a wait for one completion would
 //! return at once with their CQEs and cost a second enter per loop before the thread sleeps.
 //!
-//! - **`adaptive`** (default). Stage one, always: wait for the sends just submitted plus one more
-//!   completion, with no timer. That sleeps until the next real event, and it cannot sleep past
-//!   work: a send's completion needs no action from us unless data is queued behind it, its
-//!   connection has reached EOF or died (a close follows), or connections are parked for
-//!   buffers — in those cases the loop waits for one completion instead (the `eager` cases
-//!   below). A send that does not complete inline completes later by itself (the peer reads, or
-//!   the socket errs), so it only delays the wait's return until then, never forever. Stage two,
-//!   only under load: while the loop keeps finding many arrivals (receives with data, accepts)
-//!   per iteration, it waits for about as many again, with the kernel's `min_wait` (Linux 6.12)
-//!   bounding the extra wait to [`ADAPTIVE_MIN_WAIT`]: fewer wake-ups when the server is busy,
-//!   and no waiting at all for a lone connection, whose iterations see one arrival each. The
-//!   load estimate is a moving average of arrivals per iteration, so a burst does not switch it.
+//! - **`inline`** (default): wait for the sends just submitted plus one more completion, with no
+//!   timer. That sleeps until the next real event, and it cannot sleep past work: a send's
+//!   completion needs no action from us unless data is queued behind it, its connection has
+//!   reached EOF or died (a close follows), or connections are parked for buffers — in those
+//!   cases the loop waits for one completion instead (the `eager` cases below). A send that does
+//!   not complete inline completes later by itself (the peer reads, or the socket errs), so it
+//!   only delays the wait's return until then, never forever.
+//! - **`adaptive`**: `inline`, plus a busy mode: while the loop keeps finding many arrivals
+//!   (receives with data, accepts) per iteration, it waits for about as many again, with the
+//!   kernel's `min_wait` (Linux 6.12) bounding the extra wait to [`ADAPTIVE_MIN_WAIT`]; a lone
+//!   connection, whose iterations see one arrival each, never waits. The load estimate is a
+//!   moving average of arrivals per iteration, so a burst does not switch it. It makes far fewer
+//!   `io_uring_enter` calls under load, but each busy wait arms and cancels a timer and sleeps
+//!   more often; on a VM (timer programming is a VM exit) that cost more CPU than the calls it
+//!   saved and, at half of saturation, tripled the median latency, so it is not the default
+//!   (bench/README.md).
 //! - **`off`**: one completion per wait, the engine before batching (for A/B measurements).
 //! - **`N,DUR`**: always wait for `N` completions beyond the inline sends, `DUR` at most (with
 //!   `min_wait`; before 6.12 a plain timeout that may return with nothing): the manual override.
@@ -108,7 +112,7 @@ impl Batching {
 
     /// Whether the adaptive policy is batching now (for the report).
     pub(super) fn busy(&self) -> bool {
-        self.load >= BUSY_ARRIVALS * LOAD_SCALE
+        self.policy == BatchPolicy::Adaptive && self.load >= BUSY_ARRIVALS * LOAD_SCALE
     }
 
     /// The next wait; `work_pending`: the SQ was submitted early or connections are parked.
@@ -131,6 +135,8 @@ impl Batching {
                 }
             }
             BatchPolicy::Adaptive => Wait::Count(sends + 1),
+            BatchPolicy::Inline if eager => Wait::Count(1),
+            BatchPolicy::Inline => Wait::Count(sends + 1),
             BatchPolicy::Fixed(bw) => fixed(bw, uncounted, self.min_wait_supported, tick),
         }
     }
@@ -259,6 +265,29 @@ mod tests {
             last = b.plan(false, TICK);
         }
         assert_eq!(last, Wait::Count(1));
+    }
+
+    #[test]
+    fn inline_counts_inline_sends_and_never_arms_a_timer() {
+        let mut b = Batching::new(BatchPolicy::Inline, true);
+        // However sustained the load, the wait counts the inline sends in, without a timer.
+        for _ in 0..50 {
+            for _ in 0..20 {
+                b.arrival();
+            }
+            for _ in 0..3 {
+                b.send_pushed(false);
+            }
+            assert_eq!(b.plan(false, TICK), Wait::Count(4));
+        }
+        // Known work: one completion.
+        b.send_pushed(true);
+        assert_eq!(b.plan(false, TICK), Wait::Count(1));
+        b.send_pushed(false);
+        b.follow_up();
+        assert_eq!(b.plan(false, TICK), Wait::Count(1));
+        b.send_pushed(false);
+        assert_eq!(b.plan(true, TICK), Wait::Count(1));
     }
 
     #[test]

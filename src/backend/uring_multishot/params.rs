@@ -51,7 +51,7 @@ pub struct Params {
     pub max_queued_buffers: usize,
     /// Tick period: how often stop requests are read and counters flushed.
     pub tick: Duration,
-    /// How each loop waits for completions (`--batch-wait`; adaptive by default).
+    /// How each loop waits for completions (`--batch-wait`; `inline` by default).
     pub batch_wait: BatchPolicy,
     /// Test knob: after the forced shutdown, how long to wait for in-flight ops before
     /// abandoning their connections (the server always uses [`DRAIN_GRACE`]).
@@ -128,7 +128,7 @@ impl Params {
             nodelay: true,
             max_queued_buffers: DEFAULT_MAX_QUEUED_BUFFERS,
             tick: DEFAULT_TICK,
-            batch_wait: BatchPolicy::Adaptive,
+            batch_wait: BatchPolicy::default(),
             drain_grace: DRAIN_GRACE,
             recv_budget: RecvBudget::Probe,
             no_sqarray: true,
@@ -176,8 +176,11 @@ impl Params {
         }
         u.decide(Feature::FastPoll, true, features);
         // The adaptive policy and a fixed batch bound their longer waits with a timeout (ext_arg)
-        // and `min_wait`; `off` waits without either.
-        let batch = self.batch_wait != BatchPolicy::Off;
+        // and `min_wait`; `inline` and `off` wait without either.
+        let batch = matches!(
+            self.batch_wait,
+            BatchPolicy::Adaptive | BatchPolicy::Fixed(_)
+        );
         u.decide(Feature::ExtArg, batch, features);
         u.decide(Feature::MinWait, batch, features);
         let budget = u.decide(
@@ -279,7 +282,9 @@ mod tests {
             Feature::RingFd,
         ];
         let old = kernel(&base);
-        let u = Params::new(4096).usage(&old);
+        let mut adaptive = Params::new(4096);
+        adaptive.batch_wait = BatchPolicy::Adaptive;
+        let u = adaptive.usage(&old);
         assert!(!u.uses(Feature::RecvBudget));
         // The adaptive wait would bound its batches with min_wait (6.12); without it, it only
         // counts the inline sends in.
@@ -323,6 +328,10 @@ mod tests {
             new.set(f, true);
         }
         let mut p = Params::new(4096);
+        // The default wait (`inline`) arms no timer: neither ext_arg nor min_wait.
+        let u = p.usage(&new);
+        assert!(u.off().contains(&Feature::MinWait) && u.off().contains(&Feature::ExtArg));
+        p.batch_wait = BatchPolicy::Adaptive;
         let u = p.usage(&new);
         assert!(u.uses(Feature::RecvBudget) && u.uses(Feature::RecvMultishot));
         assert!(u.missing().is_empty());

@@ -243,6 +243,12 @@ mod tests {
                 target(DEFAULT, &jitter(1000.0), &same(1e5, n), &same(30.0, n)),
                 target("batch=off", &jitter(1000.0), &same(1e5, n), &same(30.0, n)),
                 target(
+                    "batch=inline",
+                    &jitter(1000.0),
+                    &same(1e5, n),
+                    &same(30.0, n),
+                ),
+                target(
                     "batch=32_200us",
                     &jitter(1000.0),
                     &same(1e5, n),

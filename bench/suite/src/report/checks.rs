@@ -423,9 +423,10 @@ pub fn write(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "## Targets (issue 12)\n\nuring-multishot is the default engine with its default flags \
-         (adaptive batching); multishot-off is the same engine with `--batch-wait off`. CPU per \
+         (`--batch-wait {}`); multishot-off is the same engine with `--batch-wait off`. CPU per \
          message is judged on every round; messages/s and latency on the rounds in which neither \
-         compared server was client-bound.\n"
+         compared server was client-bound.\n",
+        uring_echo::config::BatchPolicy::default()
     );
     table(md, &issue12(r));
     let kept = issue6(r);

@@ -1,5 +1,5 @@
 //! The tables of results.md: the servers, the overview matrices (the README's tables), one
-//! table per cell, adaptive batching against multishot-off, and the side measurements.
+//! table per cell, the default batching against multishot-off, and the side measurements.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -217,7 +217,7 @@ pub fn cell_table(md: &mut String, c: &CellResult) {
     );
 }
 
-/// What the default adaptive batching gains and costs against the same engine without
+/// What the default batching (`--batch-wait` default) gains and costs against the same engine without
 /// batching (`multishot-off`), in every cell that ran both.
 pub fn batching_table(md: &mut String, r: &Results) {
     let rows: Vec<&CellResult> = r
@@ -231,11 +231,12 @@ pub fn batching_table(md: &mut String, r: &Results) {
     }
     let _ = writeln!(
         md,
-        "\n## Adaptive batching (uring-multishot's default) against multishot-off\n\n\
+        "\n## Batching (uring-multishot's default, `--batch-wait {}`) against multishot-off\n\n\
          The same engine with `--batch-wait off` (one completion per wait), in the same rounds. \
          Ratios: uring-multishot ÷ multishot-off.\n\n\
          | cell | load | CPU ÷ off | msgs/s ÷ off | p50 ÷ off (per round) | p50 µs (off → default) | p99 µs (off → default) | client-bound rounds (default / off) |\n\
-         |---|---|---|---|---|---|---|---|"
+         |---|---|---|---|---|---|---|---|",
+        uring_echo::config::BatchPolicy::default()
     );
     for c in rows {
         let (Some(m), Some(off)) = (c.target(MULTISHOT), c.target(MULTISHOT_OFF)) else {
