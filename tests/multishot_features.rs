@@ -64,18 +64,25 @@ fn one_connection(addr: SocketAddr, seed: u64) -> u64 {
         common::echo_once(&mut s, &data);
         total += size as u64;
     }
-    let stream_len: u64 = (SIZES.iter().sum::<usize>() * PIPELINED_ROUNDS) as u64;
+    let sizes: Vec<usize> = (0..PIPELINED_ROUNDS).flat_map(|_| SIZES).collect();
+    let label = format!("connection {seed}");
+    let stream_len = stream_echo(s, seed ^ 0xA5A5, sizes, &label);
+    total + stream_len
+}
+
+/// Writes messages of `sizes` (pattern stream `seed`) on `s` from a thread and shuts the write
+/// side, while this thread reads the echo to EOF and checks every byte in order; returns the
+/// bytes echoed. `label` names the stream in failures.
+fn stream_echo(mut s: std::net::TcpStream, seed: u64, sizes: Vec<usize>, label: &str) -> u64 {
+    let total: u64 = sizes.iter().map(|&n| n as u64).sum();
     let mut writer = s.try_clone().unwrap();
-    let stream_seed = seed ^ 0xA5A5;
     let w = thread::spawn(move || {
         let mut off = 0u64;
-        for _ in 0..PIPELINED_ROUNDS {
-            for &size in &SIZES {
-                let mut msg = vec![0; size];
-                fill_pattern(stream_seed, off, &mut msg);
-                writer.write_all(&msg).expect("pipelined write");
-                off += size as u64;
-            }
+        for size in sizes {
+            let mut msg = vec![0; size];
+            fill_pattern(seed, off, &mut msg);
+            writer.write_all(&msg).expect("stream write");
+            off += size as u64;
         }
         writer.shutdown(SockShutdown::Write).unwrap();
     });
@@ -83,22 +90,22 @@ fn one_connection(addr: SocketAddr, seed: u64) -> u64 {
     let mut buf = vec![0u8; 64 * 1024];
     let mut want = vec![0u8; 64 * 1024];
     loop {
-        let n = s.read(&mut buf).expect("read the pipelined echo");
+        let n = s.read(&mut buf).expect("read the echo");
         if n == 0 {
             break;
         }
-        fill_pattern(stream_seed, got, &mut want[..n]);
+        fill_pattern(seed, got, &mut want[..n]);
         assert!(
             buf[..n] == want[..n],
-            "connection {seed}: echo differs in bytes {got}..{}",
+            "{label}: echo differs in bytes {got}..{}",
             got + n as u64
         );
         got += n as u64;
-        assert!(got <= stream_len, "connection {seed}: more bytes than sent");
+        assert!(got <= total, "{label}: more bytes than sent");
     }
     w.join().expect("writer thread");
-    assert_eq!(got, stream_len, "connection {seed}: echo cut short");
-    total + stream_len
+    assert_eq!(got, total, "{label}: echo cut short");
+    got
 }
 
 /// [`one_connection`] on [`CONNECTIONS`] connections at once; returns the bytes echoed.
@@ -468,7 +475,7 @@ fn buf_ring_inc_on_and_off() {
 /// A client that writes messages of mixed sizes (1 byte to 70 KB, a pseudo-random sequence) from
 /// one thread and reads the echo on another, checking every byte; returns the bytes echoed.
 fn mixed_stream(addr: SocketAddr, seed: u64, messages: usize) -> u64 {
-    let mut s = common::connect(addr);
+    let s = common::connect(addr);
     let sizes: Vec<usize> = (0..messages as u64)
         .map(|i| {
             let z =
@@ -481,38 +488,7 @@ fn mixed_stream(addr: SocketAddr, seed: u64, messages: usize) -> u64 {
             }
         })
         .collect();
-    let total: u64 = sizes.iter().map(|&n| n as u64).sum();
-    let mut writer = s.try_clone().unwrap();
-    let w = thread::spawn(move || {
-        let mut off = 0u64;
-        for size in sizes {
-            let mut msg = vec![0; size];
-            fill_pattern(seed, off, &mut msg);
-            writer.write_all(&msg).expect("mixed write");
-            off += size as u64;
-        }
-        writer.shutdown(SockShutdown::Write).unwrap();
-    });
-    let mut got = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut want = vec![0u8; 64 * 1024];
-    loop {
-        let n = s.read(&mut buf).expect("read the mixed echo");
-        if n == 0 {
-            break;
-        }
-        fill_pattern(seed, got, &mut want[..n]);
-        assert!(
-            buf[..n] == want[..n],
-            "mixed stream {seed}: echo differs in bytes {got}..{}",
-            got + n as u64
-        );
-        got += n as u64;
-        assert!(got <= total, "mixed stream {seed}: more bytes than sent");
-    }
-    w.join().expect("writer thread");
-    assert_eq!(got, total, "mixed stream {seed}: echo cut short");
-    got
+    stream_echo(s, seed, sizes, &format!("mixed stream {seed}"))
 }
 
 /// Runs an engine with `params`, puts `clients` through it (each gets the address and returns
