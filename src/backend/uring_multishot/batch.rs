@@ -125,7 +125,8 @@ impl Batching {
         let uncounted = if eager { 0 } else { sends };
         match self.policy {
             BatchPolicy::Off => Wait::Count(1),
-            BatchPolicy::Adaptive if eager => Wait::Count(1),
+            BatchPolicy::Inline | BatchPolicy::Adaptive if eager => Wait::Count(1),
+            // Only `adaptive` is ever busy.
             BatchPolicy::Adaptive if self.busy() && self.min_wait_supported => {
                 let more = (self.load / LOAD_SCALE).clamp(2, MAX_ADAPTIVE_BATCH) as usize;
                 Wait::Batch {
@@ -134,9 +135,7 @@ impl Batching {
                     timeout: tick,
                 }
             }
-            BatchPolicy::Adaptive => Wait::Count(sends + 1),
-            BatchPolicy::Inline if eager => Wait::Count(1),
-            BatchPolicy::Inline => Wait::Count(sends + 1),
+            BatchPolicy::Inline | BatchPolicy::Adaptive => Wait::Count(sends + 1),
             BatchPolicy::Fixed(bw) => fixed(bw, uncounted, self.min_wait_supported, tick),
         }
     }
