@@ -43,9 +43,10 @@ set -euo pipefail
 # multishot_features.rs: the optional io_uring features, on where the kernel has them and their
 # fallbacks or skips where it does not — 6.1 lacks no_sqarray and bundle). Not here: the #[ignore]d long runs (never
 # run by this script), measure.rs (measurements), stress_fuzz.rs (property tests of pure parsers:
-# user-space code, nothing kernel-dependent, and slow under TCG), in_process.rs and
-# multishot_cli.rs (library API and command-line checks, covered on the host).
-DEFAULT_TESTS="echo limits lifecycle multishot_engine multishot_features kernel stress_client stress_exhaustion stress_hostile stress_netns stress_scale stress_server_flags stress_signals stress_soak"
+# user-space code, nothing kernel-dependent, and slow under TCG), in_process.rs (library API,
+# covered on the host), epoll_syscalls.rs (strace counts of the epoll engine's user space). multishot_cli.rs is here for its --batch-wait test, whose min_wait
+# fallback (Linux 6.12) runs only on an older kernel.
+DEFAULT_TESTS="echo limits lifecycle multishot_engine multishot_features multishot_cli kernel stress_client stress_exhaustion stress_hostile stress_netns stress_scale stress_server_flags stress_signals stress_soak"
 # Tests skipped inside the VM (substrings of test names), with the reason:
 # - connect_close_storm_fast: 20,000 connections per engine take 90-150 s each under TCG, a
 #   third of the VM's time budget; the accept path it loads is also exercised by scale_1k,
@@ -113,10 +114,23 @@ for t in $VM_TESTS; do
 done
 echo "== kernel-vm: building ($VM_PROFILE) ${VM_TESTS}"
 # echo-bench is only a library dependency of the tests: build its binary next to uring-echo.
-{
-  cargo build $PROFILE_FLAG -p uring-echo -p echo-bench --bins --message-format=json
-  cargo test $PROFILE_FLAG -p uring-echo --no-run --message-format=json "${test_args[@]}"
-} >"$OUT/cargo.json"
+if ! {
+  cargo build $PROFILE_FLAG -p uring-echo -p echo-bench --bins --message-format=json &&
+    cargo test $PROFILE_FLAG -p uring-echo --no-run --message-format=json "${test_args[@]}"
+} >"$OUT/cargo.json"; then
+  # cargo's JSON holds the compiler's messages; show them, not only its "could not compile".
+  python3 - "$OUT/cargo.json" >&2 <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-message" and msg["message"].get("level") == "error":
+        print(msg["message"].get("rendered") or msg["message"]["message"], end="")
+EOF
+  die "the build for the VM failed (compiler errors above)"
+fi
 # "kind name path" per built executable.
 python3 - "$OUT/cargo.json" >"$OUT/executables" <<'EOF'
 import json, sys

@@ -105,10 +105,11 @@ fn features_line_once_per_process(runtime: &str) {
             }
         }
     }
-    // The summary ends with the same kernel and in-use list.
+    // The summary ends with the same kernel, in-use and missing lists.
     let summary = exited.summary();
     assert_eq!(summary["kernel"], line["kernel"]);
     assert_eq!(summary["features"], line["in_use"]);
+    assert_eq!(summary["missing"], line["missing"]);
 }
 
 for_each_runtime!(features_line_once_per_process);

@@ -112,12 +112,14 @@ impl FeatureReport {
         }
     }
 
-    /// What the exit `summary:` line appends: `kernel=<uname -r> features=<in_use list>`.
+    /// What the exit `summary:` line appends: `kernel=<uname -r> features=<in_use list>
+    /// missing=<missing list>`, so that a saved summary alone says what produced it.
     pub fn summary_suffix(&self) -> String {
         format!(
-            "kernel={} features={}",
+            "kernel={} features={} missing={}",
             self.kernel,
-            show(&self.usage.in_use())
+            show(&self.usage.in_use()),
+            show(&self.usage.missing())
         )
     }
 }
@@ -169,7 +171,7 @@ mod tests {
         );
         assert_eq!(
             report.summary_suffix(),
-            "kernel=6.1.0-57-cloud-amd64 features=nodrop,recv_budget"
+            "kernel=6.1.0-57-cloud-amd64 features=nodrop,recv_budget missing=timeout_multishot"
         );
     }
 
@@ -184,6 +186,9 @@ mod tests {
             report.to_string(),
             "features: runtime=epoll kernel=6.18.0 in_use=- missing=- off=-"
         );
-        assert_eq!(report.summary_suffix(), "kernel=6.18.0 features=-");
+        assert_eq!(
+            report.summary_suffix(),
+            "kernel=6.18.0 features=- missing=-"
+        );
     }
 }

@@ -420,3 +420,69 @@ fn check_required(params: &Params, features: &Features) -> io::Result<()> {
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BatchWait;
+    use std::time::Duration;
+
+    /// A kernel with everything the engine needs: every required feature and opcode.
+    fn complete_kernel() -> Features {
+        let mut f = Features::io_uring_only();
+        for feature in REQUIRED {
+            f.set(feature, true);
+        }
+        for (code, _) in OPCODES {
+            f.set_opcode(code);
+        }
+        f
+    }
+
+    #[test]
+    fn a_kernel_lacking_a_required_feature_or_opcode_is_refused_by_name() {
+        let params = Params::new(4096);
+        assert!(check_required(&params, &complete_kernel()).is_ok());
+
+        // 5.19 has buffer rings but not DEFER_TASKRUN (6.1); model it, and one opcode gone.
+        let mut old = complete_kernel();
+        old.set(Feature::DeferTaskrun, false);
+        let mut no_close = Features::io_uring_only();
+        for feature in REQUIRED {
+            no_close.set(feature, true);
+        }
+        for (code, name) in OPCODES {
+            if name != "CLOSE" {
+                no_close.set_opcode(code);
+            }
+        }
+        for (kernel, lacking) in [
+            (old, "defer_taskrun (Linux 6.1)"),
+            (no_close, "IORING_OP_CLOSE"),
+        ] {
+            let err = check_required(&params, &kernel).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+            assert!(msg.contains(lacking), "{msg}");
+            assert!(msg.contains("--runtime epoll works"), "{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_fixed_batch_wait_needs_ext_arg_and_the_others_do_not() {
+        let kernel = complete_kernel(); // no EXT_ARG
+        let mut fixed = Params::new(4096);
+        fixed.batch_wait = BatchPolicy::Fixed(BatchWait {
+            min_completions: 8,
+            timeout: Duration::from_micros(200),
+        });
+        let msg = check_required(&fixed, &kernel).unwrap_err().to_string();
+        assert!(msg.contains(Feature::ExtArg.name()), "{msg}");
+        for policy in [BatchPolicy::Off, BatchPolicy::Inline, BatchPolicy::Adaptive] {
+            let mut p = Params::new(4096);
+            p.batch_wait = policy;
+            assert!(check_required(&p, &kernel).is_ok(), "{policy:?}");
+        }
+    }
+}
