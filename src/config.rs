@@ -27,6 +27,11 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 /// Default io_uring submission queue size.
 pub const DEFAULT_RING_ENTRIES: u32 = 256;
+/// Default `--drain-timeout`: how long open connections may finish after SIGINT/SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`DEFAULT_DRAIN_TIMEOUT`] as clap's default string (clap shows it in `--help` and parses it;
+/// the `defaults` test checks that the two agree).
+const DEFAULT_DRAIN_TIMEOUT_ARG: &str = "5s";
 /// Largest submission queue the kernel accepts (`IORING_MAX_ENTRIES`).
 pub const MAX_RING_ENTRIES: u32 = 32_768;
 /// Largest per-connection buffer we accept (the memory bound per connection).
@@ -135,7 +140,7 @@ pub struct Cli {
     ///
     /// Plain numbers are seconds; humantime units work too (500ms, 1m). A second signal closes
     /// them at once.
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_DRAIN_TIMEOUT_ARG, value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// Print a `stats:` line to stderr every SECS (0 = never; at least 10ms = 0.01)
@@ -675,7 +680,7 @@ mod tests {
         assert!(c.nodelay);
         assert_eq!(c.max_connections, None);
         assert_eq!(c.idle_timeout, None);
-        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
         assert_eq!(c.stats_interval, None);
         assert_eq!(c.uring.ring_entries, DEFAULT_RING_ENTRIES);
         assert_eq!(c.cpu_for(0), None);

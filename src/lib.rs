@@ -23,7 +23,10 @@
 //!
 //! Threading: `--threads N` workers, each an OS thread with its own engine instance and its own
 //! listening socket (SO_REUSEPORT when N > 1); nothing is shared between workers on the
-//! per-operation path except their own stats block.
+//! per-operation path except their own stats block. A worker that panics (an engine bug, such as
+//! a failed buffer-ownership check) takes the server down with it: the others are forced to stop
+//! at once and [`Server::wait`] returns an error naming the worker and the panic, so the process
+//! never goes on serving with workers missing.
 
 #![warn(missing_docs)]
 
@@ -36,6 +39,7 @@ pub mod probe;
 pub mod shutdown;
 pub mod stats;
 
+use std::any::Any;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
@@ -97,9 +101,14 @@ pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Server> {
             ready: Ready::new(ready_tx.clone()),
         };
         let done_tx = done_tx.clone();
+        let stop_on_panic = StopOnPanic {
+            index,
+            shutdown: shared.shutdown.clone(),
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("uring-echo-{index}"))
             .spawn(move || {
+                let _stop_on_panic = stop_on_panic;
                 backend::run_worker(worker);
                 drop(done_tx);
             });
@@ -167,7 +176,8 @@ impl Server {
     }
 
     /// Waits until shutdown was requested and every worker has drained, printing a `stats:`
-    /// line to stderr every `--stats-interval`. Returns the final counters.
+    /// line to stderr every `--stats-interval`. Returns the final counters, or an error if a
+    /// worker panicked (which forces every other worker to stop too).
     pub fn wait(self) -> anyhow::Result<Summary> {
         let interval = self.shared.config.stats_interval;
         loop {
@@ -186,13 +196,54 @@ impl Server {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        for (index, thread) in self.threads.into_iter().enumerate() {
-            thread
-                .join()
-                .map_err(|_| anyhow!("worker thread {index} panicked"))?;
-        }
+        join_workers(self.threads)?;
         Ok(self.shared.stats.snapshot())
     }
+}
+
+/// Held by each worker thread: if the worker panics, forces every worker to stop. The others
+/// would otherwise go on serving, a worker short, after an engine bug until a signal came.
+struct StopOnPanic {
+    index: usize,
+    shutdown: Shutdown,
+}
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                worker = self.index,
+                "worker panicked: closing every connection and stopping the server"
+            );
+            self.shutdown.force();
+        }
+    }
+}
+
+/// Joins every worker; the first that panicked becomes the error, with its panic message on one
+/// line.
+fn join_workers(threads: Vec<JoinHandle<()>>) -> anyhow::Result<()> {
+    let mut first_panic = None;
+    for (index, thread) in threads.into_iter().enumerate() {
+        if let Err(payload) = thread.join() {
+            first_panic.get_or_insert_with(|| {
+                anyhow!(
+                    "worker {index} panicked: {}; the server was stopped",
+                    panic_message(payload.as_ref()).replace('\n', " ")
+                )
+            });
+        }
+    }
+    first_panic.map_or(Ok(()), Err)
+}
+
+/// The message of a panic payload (`panic!` makes a `&str` or a `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Runs the server until `shutdown` stops it: once every worker accepts, prints the `features:`
@@ -236,5 +287,54 @@ fn warn_about_cpus(config: &Config) {
             cpus = distinct,
             "more worker threads than pinned CPUs: some threads share a CPU"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// The wiring `start` gives each worker thread, around a stand-in for the engine.
+    fn worker(
+        index: usize,
+        shutdown: &Shutdown,
+        body: impl FnOnce(&Shutdown) + Send + 'static,
+    ) -> JoinHandle<()> {
+        let stop_on_panic = StopOnPanic {
+            index,
+            shutdown: shutdown.clone(),
+        };
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || {
+            let _stop_on_panic = stop_on_panic;
+            body(&shutdown);
+        })
+    }
+
+    #[test]
+    fn a_panicking_worker_stops_the_others_and_is_the_error() {
+        let shutdown = Shutdown::new();
+        // Serves until forced to stop, as the engines do (bounded, so a failure cannot hang).
+        let serving = worker(0, &shutdown, |s| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !s.force_token().is_cancelled() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let panicking = worker(1, &shutdown, |_| {
+            panic!("provided buffer {} recycled twice\nsecond line", 3)
+        });
+        let err = join_workers(vec![serving, panicking]).unwrap_err();
+        assert!(shutdown.force_token().is_cancelled());
+        assert_eq!(
+            format!("{err:#}"),
+            "worker 1 panicked: provided buffer 3 recycled twice second line; the server was stopped"
+        );
+        assert_eq!(panic_message(&"a literal"), "a literal");
+
+        let calm = Shutdown::new();
+        assert!(join_workers(vec![worker(0, &calm, |_| {})]).is_ok());
+        assert!(!calm.stop_token().is_cancelled());
     }
 }

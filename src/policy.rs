@@ -222,6 +222,14 @@ impl fmt::Display for ErrorKind {
 /// machine, and bounds how far past `--drain-timeout` a stop can run; a second is ample for the
 /// first and short enough for the second. What giving up means differs by engine and is
 /// documented there (`backend` for the tokio engines, `backend::uring_multishot` for the other).
+///
+/// The tokio engines time the grace with a tokio timer. The multishot engine checks it against
+/// its event loop's tick clock, read once per
+/// [`DEFAULT_TICK`](crate::backend::uring_multishot::DEFAULT_TICK) (100 ms), so it gives up at
+/// the first tick past the grace: up to one tick late (and up to one tick early after a second
+/// signal that came between two ticks, since the grace then counts from the tick before). It
+/// reads the stop request and checks the drain deadline on ticks too, so each of the three can
+/// add up to one tick to a stop there.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 // ---- idle timeout ---------------------------------------------------------------------------

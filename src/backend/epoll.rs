@@ -15,9 +15,10 @@
 //! The one difference is the syscall itself: `recvfrom`/`sendto` are made with `syscall(2)`
 //! rather than through glibc's `recv`/`send`. In a multi-threaded process (ours has a main, a
 //! signal and the worker threads) glibc brackets every such cancellation-point call with
-//! `pthread_enable_asynccancel`/`disable_asynccancel`, 1.5–1.8% of the server's CPU in a profile
-//! (bench/README.md), which a single-threaded tokio server never pays. The flags are std's:
-//! `MSG_NOSIGNAL` on sends, none on receives.
+//! `pthread_enable_asynccancel`/`disable_asynccancel`: work on every message that a
+//! single-threaded tokio server never pays, so the comparison with it would measure glibc, not
+//! the engine (what it cost in a profile: bench/README.md, "Where the server's CPU goes now").
+//! The flags are std's: `MSG_NOSIGNAL` on sends, none on receives.
 //!
 //! The buffer API mirrors io_uring's owned buffers: the `Vec` goes in and comes back, and reads
 //! fill its spare capacity, so neither engine zeroes memory per read.

@@ -46,6 +46,9 @@ use crate::probe::Usage;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counts, Stats};
 
+/// `shutdown(SHUT_RD)` ends a stopping loop's accept at once; this bounds a stop if it did not.
+const LATE_ACCEPT_WAIT: Duration = Duration::from_secs(1);
+
 /// A listening socket wrapped for one engine.
 pub(crate) trait Listener: AsRawFd {
     /// The accepted connection type.
@@ -191,7 +194,7 @@ async fn accept_loop<L: Listener>(
                 // a pending accept fail with EINVAL on both tokio engines; wait for that.
                 // SAFETY: plain syscall on the listener's open fd.
                 unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
-                if let Ok(Ok(_late)) = tokio::time::timeout(Duration::from_secs(1), accept).await {
+                if let Ok(Ok(_late)) = tokio::time::timeout(LATE_ACCEPT_WAIT, accept).await {
                     stats.add(&rejected);
                 }
                 return;

@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use super::buf_ring;
-use crate::config::{BatchPolicy, Config};
+use crate::config::{BatchPolicy, Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_RING_ENTRIES};
 use crate::policy::DRAIN_GRACE;
 use crate::probe::{Feature, Features, Usage};
 
@@ -122,9 +122,9 @@ impl Params {
         Params {
             buffer_size,
             buffers: default_buffer_count(buffer_size),
-            ring_entries: 1024,
+            ring_entries: DEFAULT_RING_ENTRIES,
             idle_timeout: None,
-            drain_timeout: Duration::from_secs(5),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             nodelay: true,
             max_queued_buffers: DEFAULT_MAX_QUEUED_BUFFERS,
             tick: DEFAULT_TICK,
@@ -243,6 +243,21 @@ mod tests {
         assert_eq!(default_buffer_count(1 << 20), 16);
         assert_eq!(default_buffer_count(1 << 30), 16);
         assert_eq!(default_buffer_count(10_000), 1024);
+    }
+
+    #[test]
+    fn defaults_are_the_servers() {
+        use clap::Parser;
+        let cli = crate::config::Cli::parse_from(["uring-echo", "--runtime", "uring-multishot"]);
+        let config = Config::try_from(cli).unwrap();
+        let (new, server) = (
+            Params::new(config.buffer_size),
+            Params::from_config(&config),
+        );
+        assert_eq!(new.ring_entries, server.ring_entries);
+        assert_eq!(new.drain_timeout, server.drain_timeout);
+        assert_eq!(new.nodelay, server.nodelay);
+        assert_eq!(new.batch_wait, server.batch_wait);
     }
 
     #[test]
