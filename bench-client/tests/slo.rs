@@ -176,7 +176,13 @@ fn slo_says_so_when_time_runs_out_and_refuses_flags_that_do_not_apply() {
     assert!(t["saturation_probe_msgs_per_s"].is_null());
     assert_eq!(t["start_rate"], 700.0);
 
-    for (flag, value) in [("--rate", "1k"), ("--rounds", "3"), ("--hgrm", "x.hgrm")] {
+    for (flag, value) in [
+        ("--rate", "1k"),
+        ("--rounds", "3"),
+        ("--start-at", "1767225600"),
+        ("--hgrm", "x.hgrm"),
+        ("--hlog", "x.hlog"),
+    ] {
         let out = run(&["slo", "--max-latency", "1ms", flag, value, &server.target()]);
         assert_eq!(out.status.code(), Some(1));
         let err = stderr(&out);
