@@ -119,8 +119,30 @@ pub enum Command {
     Compare(CompareArgs),
 }
 
-/// Flags of `echo-bench slo`.
+/// `--plot` in `slo`, which draws the search's curve rather than a run's percentiles.
+const SLO_PLOT_HELP: &str = "Write an SVG latency–throughput curve: offered rate on x, p50, p99 \
+and p99.9 latency on y (log scale) at each rate probed, the SLO as a horizontal line, each \
+target's lower bound as a vertical one";
+
+/// `--interval` in `slo`, which writes no interval log.
+const SLO_INTERVAL_HELP: &str = "Interval of the open-loop check of intended vs achieved rate \
+in each trial (at least 1ms; the check widens it so that a trial has at most 10,000 intervals)";
+
+/// Flags of `echo-bench slo`. The load flags are a benchmark run's, so slo's help gives
+/// `--plot` and `--interval` their meaning here and hides the flags slo refuses
+/// ([`crate::slo::SloConfig`] says why when they are given anyway). `--arrival` needs no
+/// `--rate` here: slo sets the rate of every trial.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("plot", |a| a.help(SLO_PLOT_HELP)),
+    mut_arg("interval", |a| a.help(SLO_INTERVAL_HELP)),
+    mut_arg("arrival", |a| a.requires(clap::builder::Resettable::Reset)),
+    mut_arg("rate", |a| a.hide(true)),
+    mut_arg("rounds", |a| a.hide(true)),
+    mut_arg("start_at", |a| a.hide(true)),
+    mut_arg("hgrm", |a| a.hide(true)),
+    mut_arg("hlog", |a| a.hide(true))
+)]
 pub struct SloArgs {
     /// The SLO's latency bound (e.g. 500us, 2ms): met when the --quantile of the latency from
     /// the intended send time is at most this.
@@ -716,5 +738,22 @@ mod tests {
         assert_eq!(cli.bench.targets.len(), 2);
         assert_eq!(cli.bench.connections, Some(3));
         assert!(Cli::try_parse_from(["echo-bench", "--arrival", "poisson", "h:1"]).is_err());
+    }
+
+    #[test]
+    fn slo_takes_an_arrival_process_without_a_rate() {
+        let args = [
+            "echo-bench",
+            "slo",
+            "--max-latency",
+            "1ms",
+            "--arrival",
+            "poisson",
+        ];
+        let cli = Cli::try_parse_from(args.iter().chain(&["h:1"])).unwrap();
+        match cli.command {
+            Some(Command::Slo(s)) => assert_eq!(s.load.arrival, Some(Arrival::Poisson)),
+            _ => panic!("slo not parsed"),
+        }
     }
 }

@@ -203,7 +203,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<()> {
             f.path, f.intervals, f.count
         )?;
     }
-    let l = report::latency_json(h, "merged interval logs");
+    let l = report::json::latency_json(h, "merged interval logs");
     writeln!(
         out,
         "merged: {} values from {} file(s)",

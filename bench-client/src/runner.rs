@@ -364,7 +364,7 @@ pub fn run(cfg: BenchConfig) -> anyhow::Result<u8> {
     // Files.
     let force = cfg.outputs.force;
     if let Some(path) = &cfg.outputs.json {
-        let json = report::json_report(
+        let json = report::json::json_report(
             &cfg,
             &host_info,
             &runs,

@@ -1,5 +1,6 @@
 //! Command-line handling: bad input gives one clean line and a documented exit code; output
-//! files are never overwritten by accident; --help documents every flag.
+//! files are never overwritten by accident; --help documents every flag, and slo's help the
+//! flags it takes, as they work there.
 
 mod common;
 
@@ -170,4 +171,47 @@ fn help_documents_every_flag() {
     for flag in ["--hgrm", "--json", "--tag", "--force"] {
         assert!(merge.contains(flag), "merge --help lacks {flag}");
     }
+}
+
+/// Whether `help` mentions `flag` as a whole flag (`--rate`, not `--rate-x`).
+fn mentions(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        !help[at + flag.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+    })
+}
+
+#[test]
+fn slo_help_describes_its_curve_and_hides_the_flags_it_refuses() {
+    for help_flag in ["--help", "-h"] {
+        let help = expect_success(&run(&["slo", help_flag]));
+        let plot = help
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("--plot"))
+            .take(2)
+            .collect::<String>();
+        assert!(
+            plot.contains("latency–throughput curve") && plot.contains("offered rate"),
+            "slo {help_flag}: --plot is not the curve: {plot:?}"
+        );
+        assert!(!help.contains("latency-by-percentile"), "{help}");
+        for refused in ["--rate", "--rounds", "--start-at", "--hgrm", "--hlog"] {
+            assert!(
+                !mentions(&help, refused),
+                "slo {help_flag} mentions {refused}, which slo refuses:\n{help}"
+            );
+        }
+        for taken in [
+            "--max-latency",
+            "--start-rate",
+            "--arrival",
+            "--interval",
+            "--json",
+        ] {
+            assert!(mentions(&help, taken), "slo {help_flag} lacks {taken}");
+        }
+    }
+    // The run's help is unchanged.
+    let help = expect_success(&run(&["--help"]));
+    assert!(help.contains("latency-by-percentile plot"), "{help}");
+    assert!(mentions(&help, "--rate") && mentions(&help, "--hlog"));
 }

@@ -1,5 +1,6 @@
 //! The default comparison (`echo-bench` with no target): the three engines of the uring-echo
-//! found beside echo-bench, its verdict lines, and what it does when an engine cannot start.
+//! found beside echo-bench (each server's own `features:` line in the report), its verdict
+//! lines, and what it does when an engine cannot start.
 
 mod common;
 
@@ -144,6 +145,14 @@ fn default_comparison_spawns_the_three_engines_from_beside_the_binary() {
             "{cmd}"
         );
         assert!(text.contains(&format!("== {name} (")), "{text}");
+        // The real server's own features line, read from its stderr, names its engine.
+        let features = t["server_features"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no server_features in {t}"));
+        assert!(
+            features.starts_with(&format!("features: runtime={name} kernel=")),
+            "{name}: {features}"
+        );
     }
     assert!(text.contains("== comparison over 3 interleaved round(s); ratios vs epoll"));
     if j["host"]["allowed_cpus"].as_array().unwrap().len() >= 2 {

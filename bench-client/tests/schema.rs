@@ -8,11 +8,27 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn validator() -> jsonschema::Validator {
+fn schema() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.json"))
         .expect("schema.json");
-    let schema: Value = serde_json::from_str(&text).expect("schema.json is JSON");
-    jsonschema::validator_for(&schema).expect("schema.json is a valid JSON Schema")
+    serde_json::from_str(&text).expect("schema.json is JSON")
+}
+
+fn validator() -> jsonschema::Validator {
+    jsonschema::validator_for(&schema()).expect("schema.json is a valid JSON Schema")
+}
+
+/// The title is what a reader sees first; the reports themselves are checked against the
+/// schema's `const` below, but nothing else would notice a title left behind by a bump.
+#[test]
+fn the_schema_title_names_the_current_schema_version() {
+    let schema = schema();
+    let title = schema["title"].as_str().expect("schema.json has a title");
+    let version = echo_bench::report::SCHEMA_VERSION;
+    assert!(
+        title.ends_with(&format!("schema_version {version}")),
+        "schema.json's title {title:?} does not name SCHEMA_VERSION {version}"
+    );
 }
 
 fn errors(v: &jsonschema::Validator, report: &Value) -> Vec<String> {

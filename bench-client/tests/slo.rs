@@ -1,5 +1,5 @@
-//! `echo-bench slo` against a server whose knee is known from its model, and the
-//! latency–throughput curve it draws.
+//! `echo-bench slo` against servers whose knee is known from their model: the bounds of one,
+//! the comparison of two, and the latency–throughput curve it draws.
 
 mod common;
 
@@ -9,6 +9,8 @@ use common::*;
 
 /// The service time of the test server: capacity μ = 1000 messages/s.
 const SERVICE: Duration = Duration::from_millis(1);
+/// The slower server of the comparison: capacity 400 messages/s.
+const SLOW_SERVICE: Duration = Duration::from_micros(2500);
 const SLO_MS: f64 = 50.0;
 const TRIAL_S: f64 = 0.5;
 const WARMUP_S: f64 = 0.1;
@@ -25,8 +27,8 @@ const WARMUP_S: f64 = 0.1;
 ///   there.)
 ///
 /// So the highest rate meeting the SLO in such trials lies in [μ, λ*].
-fn knee() -> (f64, f64) {
-    let s = SERVICE.as_secs_f64();
+fn knee(service: Duration) -> (f64, f64) {
+    let s = service.as_secs_f64();
     let mu = 1.0 / s;
     let d = SLO_MS / 1e3;
     let lambda_star = mu / (1.0 - (d - s) / (WARMUP_S + 0.99 * TRIAL_S));
@@ -40,17 +42,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn slo_search(precision: &str, json: &std::path::Path, plot: Option<&std::path::Path>) -> String {
-    let server = ServiceServer::start(64, SERVICE);
-    let mut args = vec![
+/// `slo` with the SLO and trial shape of [`knee`], writing `json`; targets and names to add.
+fn slo_args(precision: &str, json: &std::path::Path) -> Vec<String> {
+    vec![
         "slo".to_string(),
         "-q".into(),
         "--max-latency".into(),
         format!("{SLO_MS}ms"),
         "--precision".into(),
         precision.into(),
-        "--max-time".into(),
-        "60s".into(),
         "-c".into(),
         "4".into(),
         "-s".into(),
@@ -59,12 +59,16 @@ fn slo_search(precision: &str, json: &std::path::Path, plot: Option<&std::path::
         format!("{}ms", TRIAL_S * 1e3),
         "--warmup".into(),
         format!("{}ms", WARMUP_S * 1e3),
-        "--name".into(),
-        "model".into(),
         "--json".into(),
         path_str(json),
-        server.target(),
-    ];
+    ]
+}
+
+fn slo_search(precision: &str, json: &std::path::Path, plot: Option<&std::path::Path>) -> String {
+    let server = ServiceServer::start(64, SERVICE);
+    let mut args = slo_args(precision, json);
+    args.extend(["--max-time", "60s", "--name", "model"].map(String::from));
+    args.push(server.target());
     if let Some(p) = plot {
         args.extend(["--plot".into(), path_str(p)]);
     }
@@ -75,7 +79,7 @@ fn slo_search(precision: &str, json: &std::path::Path, plot: Option<&std::path::
 #[test]
 fn slo_brackets_the_known_knee_and_tightens_with_precision() {
     let _serial = serial();
-    let (knee_lo, knee_hi) = knee();
+    let (knee_lo, knee_hi) = knee(SERVICE);
     let dir = tmp();
     let mut widths = Vec::new();
     for (precision, goal) in [("20%", 0.2), ("5%", 0.05)] {
@@ -136,6 +140,77 @@ fn slo_brackets_the_known_knee_and_tightens_with_precision() {
     );
 }
 
+/// Two servers of clearly different capacity in one search: each gets bounds on its own knee,
+/// and the comparison says the faster sustains the higher rate. At 20% the bounds cannot
+/// overlap once each meets its knee interval ([400, 435] and [1000, 1090]): the slower's upper
+/// bound is at most 435 / 0.8 ≈ 544, the faster's lower one at least 0.8 × 1000.
+#[test]
+fn slo_over_two_targets_says_the_faster_sustains_the_higher_rate() {
+    let _serial = serial();
+    let slow = ServiceServer::start(64, SLOW_SERVICE);
+    let fast = ServiceServer::start(64, SERVICE);
+    let dir = tmp();
+    let json = join(&dir, "two.json");
+    let mut args = slo_args("20%", &json);
+    args.extend(["--max-time", "40s", "--name", "slow", "--name", "fast"].map(String::from));
+    args.extend([slow.target(), fast.target()]);
+    let text = expect_success(&run_with_timeout(&args, Duration::from_secs(60)));
+    let slo = &read_json(&json)["slo"];
+
+    let mut bounds = Vec::new();
+    for (t, name, service) in [(0, "slow", SLOW_SERVICE), (1, "fast", SERVICE)] {
+        let t = &slo["targets"][t];
+        assert_eq!(t["name"], name);
+        assert_eq!(t["stop_reason"], "precision_reached", "{name}:\n{text}");
+        let bound = |k: &str| {
+            t[k].as_f64()
+                .unwrap_or_else(|| panic!("{name}: no {k}: the search was\n{text}"))
+        };
+        let (lo, hi) = (bound("max_rate_lower"), bound("max_rate_upper"));
+        let (knee_lo, knee_hi) = knee(service);
+        assert!(
+            lo <= knee_hi && hi >= knee_lo,
+            "{name}: bounds [{lo}, {hi}] miss the knee [{knee_lo}, {knee_hi}]:\n{text}"
+        );
+        bounds.push((lo, hi));
+    }
+    let [(slow_lo, slow_hi), (fast_lo, fast_hi)] = bounds[..] else {
+        unreachable!()
+    };
+
+    let comparisons = slo["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 1, "{comparisons:?}");
+    let c = &comparisons[0];
+    assert_eq!(
+        (&c["target"], &c["baseline"]),
+        (&"fast".into(), &"slow".into())
+    );
+    assert_eq!(c["outcome"], "higher", "{text}");
+    // fast / slow lies between the far ends of the bounds: above 1, and around the models'
+    // 1000 / 400.
+    let (ratio_lo, ratio_hi) = (
+        c["ratio_lo"].as_f64().unwrap(),
+        c["ratio_hi"].as_f64().unwrap(),
+    );
+    assert!((ratio_lo - fast_lo / slow_hi).abs() < 1e-9, "{c}");
+    assert!((ratio_hi - fast_hi / slow_lo).abs() < 1e-9, "{c}");
+    assert!(1.0 < ratio_lo && ratio_lo <= ratio_hi, "{c}");
+    let ((slow_knee_lo, slow_knee_hi), (fast_knee_lo, fast_knee_hi)) =
+        (knee(SLOW_SERVICE), knee(SERVICE));
+    assert!(
+        ratio_lo <= fast_knee_hi / slow_knee_lo && ratio_hi >= fast_knee_lo / slow_knee_hi,
+        "{c}"
+    );
+    let sentence = c["text"].as_str().unwrap();
+    assert!(
+        sentence.starts_with("fast sustains ")
+            && sentence.contains("× slow's rate at p99 ≤ 50000 µs (between ")
+            && sentence.ends_with("bounds do not overlap"),
+        "{sentence}"
+    );
+    assert!(text.contains(sentence), "{text}");
+}
+
 #[test]
 fn slo_says_so_when_time_runs_out_and_refuses_flags_that_do_not_apply() {
     let _serial = serial();
@@ -176,7 +251,13 @@ fn slo_says_so_when_time_runs_out_and_refuses_flags_that_do_not_apply() {
     assert!(t["saturation_probe_msgs_per_s"].is_null());
     assert_eq!(t["start_rate"], 700.0);
 
-    for (flag, value) in [("--rate", "1k"), ("--rounds", "3"), ("--hgrm", "x.hgrm")] {
+    for (flag, value) in [
+        ("--rate", "1k"),
+        ("--rounds", "3"),
+        ("--start-at", "1767225600"),
+        ("--hgrm", "x.hgrm"),
+        ("--hlog", "x.hlog"),
+    ] {
         let out = run(&["slo", "--max-latency", "1ms", flag, value, &server.target()]);
         assert_eq!(out.status.code(), Some(1));
         let err = stderr(&out);

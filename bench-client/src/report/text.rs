@@ -7,7 +7,8 @@ use std::io::{self, Write};
 
 use hdrhistogram::Histogram;
 
-use super::{latency_json, per_msg, rate_check, TargetRun, MIB};
+use super::json::{latency_json, per_msg, rate_check};
+use super::{TargetRun, MIB};
 use crate::compare::{self, CompareRow, ComparisonJson, RatioJson, Summary};
 use crate::config::{BenchConfig, Mode};
 

@@ -224,16 +224,7 @@ fn count_syscalls(
     ));
     argv.extend(report_flags(&json));
     results.commands.push(shell_quote(&argv));
-    let status = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running perf stat")?;
-    if !status.success() {
-        bail!("perf stat / echo-bench exited with {status}");
-    }
+    run_side(&argv, "perf stat / echo-bench")?;
     let t = only_target(&read_report(&json)?, &json)?;
     let text = std::fs::read_to_string(&perf_out)?;
     let counts = parse_perf_csv(&text);
@@ -252,6 +243,33 @@ fn count_syscalls(
             + get("syscalls:sys_enter_epoll_pwait")
             + get("syscalls:sys_enter_epoll_pwait2"),
     })
+}
+
+/// Lines of a failed side run's stderr kept in its error.
+const STDERR_TAIL_LINES: usize = 3;
+
+/// Runs `argv` (`what`, for the error) with stdout discarded. Its stderr is kept: when it
+/// fails, the error ends with the last [`STDERR_TAIL_LINES`] non-empty lines, where
+/// echo-bench (or perf itself) says why; the other runs' echo-bench errors show on the
+/// terminal, and this one's would otherwise vanish.
+fn run_side(argv: &[String], what: &str) -> anyhow::Result<()> {
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join(" | ");
+        if tail.is_empty() {
+            bail!("{what} exited with {} (no stderr)", out.status);
+        }
+        bail!("{what} exited with {}: {}", out.status, tail.trim());
+    }
+    Ok(())
 }
 
 /// The order of the servers in side round `round` (1-based): the list rotated by the round, so
@@ -511,6 +529,28 @@ mod tests {
         assert!(err.contains("exited with status 3"), "{err}");
         assert!(err.contains("cannot bind: boom"), "{err}");
         assert_eq!(log.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_side_run_shows_the_end_of_its_stderr() {
+        let sh = |script: &str| ["sh", "-c", script].map(String::from).to_vec();
+        let err = run_side(
+            &sh(
+                "echo counted; for i in 1 2 3 4; do echo early $i >&2; done; echo >&2; \
+                 echo 'echo-bench: cannot connect to 127.0.0.1:9: refused' >&2; exit 1",
+            ),
+            "perf stat / echo-bench",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "perf stat / echo-bench exited with exit status: 1: early 3 | early 4 | \
+             echo-bench: cannot connect to 127.0.0.1:9: refused"
+        );
+        let err = run_side(&sh("exit 2"), "x").unwrap_err().to_string();
+        assert_eq!(err, "x exited with exit status: 2 (no stderr)");
+        run_side(&sh("echo fine >&2"), "x").unwrap();
     }
 
     #[test]
