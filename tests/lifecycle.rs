@@ -98,7 +98,8 @@ fn sigterm_drains_open_connections_then_summarizes(runtime: &str) {
             "elapsed_s",
             "accepted_per_thread",
             "kernel",
-            "features"
+            "features",
+            "missing"
         ]
     );
     // Probe connections made while stopping may or may not have been accepted.
@@ -231,9 +232,10 @@ fn stats_interval_prints_stats_lines(runtime: &str) {
         k.sort();
         k
     };
-    // The summary has the stats keys, plus the kernel and the features in use at its end.
+    // The summary has the stats keys, plus the kernel and the features in use and missing at
+    // its end.
     let mut stats_keys = keys(&stats);
-    stats_keys.extend(["features".to_string(), "kernel".to_string()]);
+    stats_keys.extend(["features", "kernel", "missing"].map(String::from));
     stats_keys.sort();
     assert_eq!(stats_keys, keys(&summary));
     assert_eq!(stats["bytes_echoed"], "7");
