@@ -39,9 +39,13 @@ fn delay_server_median_is_the_delay() {
     let t = &j["targets"][0];
     let p50_us = t["latency"]["p50_us"].as_f64().unwrap();
     let delay_us = 20_000.0;
+    // Never below the delay (the server holds every message that long; 50 µs for clock
+    // granularity). Above it by the server's sleep overshoot and two thread wake-ups, which on a
+    // shared 2-vCPU VM reached 690 µs at p50 in one CI-like run: 5% is the tolerance, still far
+    // from the errors this catches (wrong start time or unit, a message counted twice).
     assert!(
-        (p50_us - delay_us).abs() <= 0.02 * delay_us + 50.0,
-        "p50 {p50_us} µs is not within 2% + 50 µs of {delay_us} µs"
+        p50_us >= delay_us - 50.0 && p50_us <= delay_us * 1.05,
+        "p50 {p50_us} µs is not within [-50 µs, +5%] of {delay_us} µs"
     );
     // 4 connections, one message each per ~20 ms, for 1 s.
     let messages = t["messages"].as_u64().unwrap();
