@@ -128,7 +128,10 @@ fn output_files_are_not_overwritten_without_force() {
     let mut forced = args.to_vec();
     forced.insert(0, "--force");
     expect_success(&run(&forced));
-    assert_eq!(read_json(&json)["schema_version"], 4);
+    assert_eq!(
+        read_json(&json)["schema_version"],
+        echo_bench::report::SCHEMA_VERSION
+    );
 }
 
 #[test]

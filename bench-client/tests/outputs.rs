@@ -130,7 +130,7 @@ fn json_hgrm_and_hlog_agree() {
     ]);
     let text = expect_success(&out);
     let j = read_json(&json);
-    assert_eq!(j["schema_version"], 4);
+    assert_eq!(j["schema_version"], echo_bench::report::SCHEMA_VERSION);
     assert_eq!(j["label"], "unit-test");
     assert_eq!(j["tool"]["name"], "echo-bench");
     assert!(j["host"]["kernel"].as_str().unwrap().starts_with("Linux"));

@@ -87,7 +87,7 @@ fn slo_brackets_the_known_knee_and_tightens_with_precision() {
         let plot = join(&dir, &format!("slo-{goal}.svg"));
         let text = slo_search(precision, &json, Some(&plot));
         let j = read_json(&json);
-        assert_eq!(j["schema_version"], 4);
+        assert_eq!(j["schema_version"], echo_bench::report::SCHEMA_VERSION);
         assert_eq!(j["command"], "slo");
         let slo = &j["slo"];
         assert_eq!(slo["quantile"], 99.0);
@@ -98,6 +98,12 @@ fn slo_brackets_the_known_knee_and_tightens_with_precision() {
                 .unwrap_or_else(|| panic!("no {k}: the search was\n{text}"))
         };
         let (lo, hi) = (bound("max_rate_lower"), bound("max_rate_upper"));
+        // The model's tail is steady: its trials never contradict each other.
+        assert!(
+            t["contradiction"].is_null(),
+            "{}\n{text}",
+            t["contradiction"]
+        );
         assert_eq!(t["stop_reason"], "precision_reached", "{text}");
         assert!(
             lo <= knee_hi && hi >= knee_lo,

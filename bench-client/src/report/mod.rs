@@ -23,7 +23,7 @@ use crate::load::ErrorCounts;
 use crate::record::{new_histogram, MergedIntervals};
 
 /// JSON schema version; bump on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 /// Bytes per MiB.
 pub const MIB: f64 = 1024.0 * 1024.0;
 

@@ -313,6 +313,7 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
                 stop_reason: StopReason::MaxTime,
                 rates: Vec::new(),
                 trials: Vec::new(),
+                contradiction: None,
             },
             search: cfg.start_rate.map(|r| Search::new(r, cfg.params)),
             last_overhead: None,
@@ -451,6 +452,7 @@ pub fn run(args: &SloArgs, command_line: Vec<String>) -> anyhow::Result<u8> {
         j.stop_reason = search.stop_reason().unwrap_or(StopReason::MaxTime);
         j.goal_reached = j.stop_reason == StopReason::PrecisionReached;
         j.rates = search.rates().to_vec();
+        j.contradiction = report::find_contradiction(&j.rates, &j.trials, cfg.params.precision);
         if j.start_rate == 0.0 {
             j.start_rate = j.rates.first().map_or(0.0, |r| r.rate);
         }

@@ -73,6 +73,59 @@ pub struct SloTargetJson {
     pub rates: Vec<RateRecord>,
     /// Every trial, in order.
     pub trials: Vec<SloTrial>,
+    /// A trial that passed well above a rate decided to fail (null: none): see
+    /// [`find_contradiction`].
+    #[serde(default)]
+    pub contradiction: Option<Contradiction>,
+}
+
+/// A valid trial that passed at a rate well above one the search decided fails. Near the knee
+/// trials scatter by design (the k-of-n rule settles that); far from it, a pass above a failure
+/// means the latency at this SLO varied more from trial to trial than from rate to rate, and
+/// the bounds then describe the machine's noise (or a server whose tail is not steady) more
+/// than the server's capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Contradiction {
+    /// The highest offered rate at which a valid trial passed, messages/s.
+    pub passed_rate: f64,
+    /// The lowest rate decided to fail, messages/s.
+    pub failed_rate: f64,
+}
+
+/// The contradiction in one search, if any: the highest passing trial's rate against the lowest
+/// failed rate, counted when the pass is more than twice the precision goal (at least 10%)
+/// above the failure — closer than that is the knee's own scatter.
+pub fn find_contradiction(
+    rates: &[RateRecord],
+    trials: &[SloTrial],
+    precision: f64,
+) -> Option<Contradiction> {
+    let failed_rate = rates
+        .iter()
+        .filter(|r| r.decision == Decision::Fail)
+        .map(|r| r.rate)
+        .reduce(f64::min)?;
+    let passed_rate = trials
+        .iter()
+        .filter(|t| t.verdict == Verdict::Pass)
+        .map(|t| t.offered_rate)
+        .reduce(f64::max)?;
+    (passed_rate > failed_rate * (1.0 + (2.0 * precision).max(0.1))).then_some(Contradiction {
+        passed_rate,
+        failed_rate,
+    })
+}
+
+/// The loud line for a contradiction.
+fn contradiction_text(name: &str, c: &Contradiction) -> String {
+    format!(
+        "{name}: the trials contradict each other: one passed at {} msgs/s, yet {} msgs/s \
+         failed; the latency at this SLO varied more between trials than between rates (a noisy \
+         machine, or a server whose tail is not steady), so these bounds are not trustworthy \
+         (more --trials, a longer -d, or a quieter machine)",
+        fmt_rate(c.passed_rate),
+        fmt_rate(c.failed_rate)
+    )
 }
 
 /// How one target's bounds compare with the baseline's (the first target).
@@ -215,6 +268,13 @@ pub fn compare_bounds(t: &SloTargetJson, b: &SloTargetJson, slo: &str) -> Bounds
             ),
         )
     };
+    let mut text = text;
+    for x in [t, b].into_iter().filter(|x| x.contradiction.is_some()) {
+        text.push_str(&format!(
+            "; but {}'s trials contradict each other: not trustworthy",
+            x.info.name
+        ));
+    }
     BoundsComparison {
         target: t.info.name.clone(),
         baseline: b.info.name.clone(),
@@ -350,6 +410,11 @@ pub fn print_bounds<W: Write>(w: &mut W, s: &SloJson) -> io::Result<()> {
             bounds_text(t)
         )?;
     }
+    for t in &s.targets {
+        if let Some(c) = &t.contradiction {
+            writeln!(w, "WARNING: {}", contradiction_text(&t.info.name, c))?;
+        }
+    }
     Ok(())
 }
 
@@ -376,7 +441,117 @@ mod tests {
             stop_reason: StopReason::PrecisionReached,
             rates: Vec::new(),
             trials: Vec::new(),
+            contradiction: None,
         }
+    }
+
+    fn trial(offered_rate: f64, verdict: Verdict) -> SloTrial {
+        SloTrial {
+            trial: 1,
+            offered_rate,
+            achieved_rate: offered_rate,
+            completed_rate: offered_rate,
+            measure_start: String::new(),
+            duration_s: 1.0,
+            messages: 1000,
+            overdue: 0,
+            p50_us: 10.0,
+            p99_us: 100.0,
+            p999_us: 200.0,
+            quantile_us: 100.0,
+            over_slo: 0,
+            verdict,
+            reason: String::new(),
+            client: ClientCheck::default(),
+        }
+    }
+
+    fn rate(rate: f64, decision: Decision) -> RateRecord {
+        RateRecord {
+            rate,
+            passes: 0,
+            fails: 0,
+            invalid: 0,
+            decision,
+        }
+    }
+
+    #[test]
+    fn a_pass_far_above_a_failed_rate_is_a_contradiction_and_said_loudly() {
+        // The run that motivated it: one trial passed at 75,095 msgs/s, then 15,019 failed.
+        let rates = [
+            rate(75_095.0, Decision::Unmeasurable),
+            rate(15_019.0, Decision::Fail),
+        ];
+        let trials = [
+            trial(75_095.0, Verdict::Pass),
+            trial(75_095.0, Verdict::Invalid),
+            trial(15_019.0, Verdict::Fail),
+            trial(15_019.0, Verdict::Fail),
+        ];
+        let c = find_contradiction(&rates, &trials, 0.05).unwrap();
+        assert_eq!((c.passed_rate, c.failed_rate), (75_095.0, 15_019.0));
+
+        let mut ms = target("uring-multishot", None, Some(15_019.0));
+        ms.contradiction = Some(c);
+        let epoll = target("epoll", Some(38_199.0), Some(46_711.0));
+        let cmp = compare_bounds(&epoll, &ms, "p99 ≤ 1000 µs");
+        assert!(
+            cmp.text
+                .ends_with("; but uring-multishot's trials contradict each other: not trustworthy"),
+            "{}",
+            cmp.text
+        );
+        let s = SloJson {
+            quantile: 99.0,
+            max_latency_us: 1000.0,
+            precision_goal: 0.05,
+            trials_per_rate: 3,
+            passes_needed: 2,
+            max_invalid_per_rate: 3,
+            trial_duration_s: 1.0,
+            warmup_s: 0.25,
+            max_time_s: 200.0,
+            elapsed_s: 200.0,
+            stopped_early: false,
+            targets: vec![ms, epoll],
+            comparisons: vec![cmp],
+        };
+        let mut out = Vec::new();
+        print_bounds(&mut out, &s).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let loud: Vec<_> = out.lines().filter(|l| l.contains("contradict")).collect();
+        assert_eq!(loud.len(), 2, "{out}"); // the comparison and one WARNING
+        assert!(loud[1].starts_with(
+            "WARNING: uring-multishot: the trials contradict each other: one passed at 75095 \
+             msgs/s, yet 15019 msgs/s failed"
+        ));
+    }
+
+    #[test]
+    fn the_knees_own_scatter_is_no_contradiction() {
+        // Within twice the goal (10% at 5%) of the failed rate, or no pass above it: normal.
+        let rates = [
+            rate(40_000.0, Decision::Pass),
+            rate(44_000.0, Decision::Fail),
+        ];
+        let near = [
+            trial(40_000.0, Verdict::Pass),
+            trial(44_000.0, Verdict::Fail),
+            trial(44_000.0, Verdict::Pass),
+            trial(48_000.0, Verdict::Pass),
+        ];
+        assert_eq!(find_contradiction(&rates, &near, 0.05), None);
+        let far = [trial(48_500.0, Verdict::Pass)];
+        assert!(find_contradiction(&rates, &far, 0.05).is_some());
+        // A wider goal widens what counts as scatter.
+        assert_eq!(find_contradiction(&rates, &far, 0.10), None);
+        // No failed rate, or no pass at all: nothing to contradict.
+        assert_eq!(
+            find_contradiction(&[rate(1.0, Decision::Pass)], &far, 0.05),
+            None
+        );
+        assert_eq!(find_contradiction(&rates, &[], 0.05), None);
     }
 
     #[test]
