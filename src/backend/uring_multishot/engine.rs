@@ -427,16 +427,24 @@ mod tests {
     use crate::config::BatchWait;
     use std::time::Duration;
 
-    /// A kernel with everything the engine needs: every required feature and opcode.
-    fn complete_kernel() -> Features {
+    /// A kernel with every required feature and every opcode the engine submits but
+    /// `missing_opcode` (by its name in [`OPCODES`]).
+    fn kernel_lacking_opcode(missing_opcode: Option<&str>) -> Features {
         let mut f = Features::io_uring_only();
         for feature in REQUIRED {
             f.set(feature, true);
         }
-        for (code, _) in OPCODES {
-            f.set_opcode(code);
+        for (code, name) in OPCODES {
+            if Some(name) != missing_opcode {
+                f.set_opcode(code);
+            }
         }
         f
+    }
+
+    /// A kernel with everything the engine needs.
+    fn complete_kernel() -> Features {
+        kernel_lacking_opcode(None)
     }
 
     #[test]
@@ -447,18 +455,9 @@ mod tests {
         // 5.19 has buffer rings but not DEFER_TASKRUN (6.1); model it, and one opcode gone.
         let mut old = complete_kernel();
         old.set(Feature::DeferTaskrun, false);
-        let mut no_close = Features::io_uring_only();
-        for feature in REQUIRED {
-            no_close.set(feature, true);
-        }
-        for (code, name) in OPCODES {
-            if name != "CLOSE" {
-                no_close.set_opcode(code);
-            }
-        }
         for (kernel, lacking) in [
             (old, "defer_taskrun (Linux 6.1)"),
-            (no_close, "IORING_OP_CLOSE"),
+            (kernel_lacking_opcode(Some("CLOSE")), "IORING_OP_CLOSE"),
         ] {
             let err = check_required(&params, &kernel).unwrap_err();
             let msg = err.to_string();
